@@ -1,0 +1,137 @@
+"""Settings -> registry, engine, servers; signals; graceful stop."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from runtime import __version__, codec
+from runtime.config import Settings
+from runtime.engine import Engine
+from runtime.repository.registry import ModelRegistry
+from runtime.repository.store import RepositoryStore
+
+log = logging.getLogger("runtime")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+
+
+async def load_models(registry: ModelRegistry, settings: Settings) -> None:
+    if settings.model_control_mode == "explicit" and "*" not in settings.load_model:
+        for name in settings.load_model:
+            await registry.load_model(name)
+    else:
+        await registry.load_all()
+
+
+async def serve(settings: Settings) -> int:
+    # Imported here so `model-runtime --version` and `--help` stay fast.
+    from runtime import metrics
+    from runtime.server.grpc import GrpcServer
+    from runtime.server.http import AsgiServer, http_server
+
+    if settings.model_repository is None:
+        from runtime.examples import write_example_repository
+
+        write_example_repository(settings.example_repository)
+        log.info("serving the built-in examples from %s", settings.example_repository)
+    log.info("model-runtime %s; codec implementation: %s", __version__, codec.IMPLEMENTATION)
+
+    registry = ModelRegistry(RepositoryStore(settings.repository), settings)
+    await load_models(registry, settings)
+    engine = Engine(registry)
+
+    http = http_server(engine, settings) if settings.allow_http else None
+    grpc_server = GrpcServer(engine, settings) if settings.allow_grpc else None
+    metrics_server = (
+        AsgiServer(
+            metrics.build_app(metrics.build_registry(registry)),
+            settings.metrics_address,
+            settings.metrics_port,
+            settings,
+        )
+        if settings.allow_metrics
+        else None
+    )
+    for server in (http, grpc_server, metrics_server):
+        if server is not None:
+            await server.start()
+    ports = {
+        "http": http.port if http else None,
+        "grpc": grpc_server.port if grpc_server else None,
+        "metrics": metrics_server.port if metrics_server else None,
+    }
+    log.info("serving: HTTP %s, gRPC %s, metrics %s", ports["http"], ports["grpc"], ports["metrics"])
+    if settings.ports_file is not None:
+        write_ports_file(settings.ports_file, ports)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: no new requests; draining for up to %.0fs", settings.exit_timeout_secs)
+    started = time.monotonic()
+    engine.stop_accepting()
+    if grpc_server is not None:
+        await grpc_server.set_not_serving()
+    stopping = []
+    if http is not None:
+        stopping.append(http.stop())
+    if grpc_server is not None:
+        stopping.append(grpc_server.stop(settings.exit_timeout_secs))
+    await asyncio.gather(*stopping)
+    try:
+        remaining = max(0.1, settings.exit_timeout_secs - (time.monotonic() - started))
+        await asyncio.wait_for(registry.close(), remaining)
+    except TimeoutError:
+        log.error("grace period over with requests still queued; exiting anyway")
+        return 1
+    if metrics_server is not None:
+        await metrics_server.stop()
+    log.info("stopped cleanly in %.2fs", time.monotonic() - started)
+    return 0
+
+
+def write_ports_file(path: Path, ports: dict[str, int | None]) -> None:
+    """Written atomically, so a reader never sees half a file."""
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(json.dumps(ports))
+    partial.replace(path)
+
+
+def run(settings: Settings) -> int:
+    configure_logging(settings)
+    try:
+        import uvloop
+
+        return uvloop.run(serve(settings))
+    except ImportError:
+        return asyncio.run(serve(settings))

@@ -1,0 +1,22 @@
+"""What the core needs from an execution backend. Calls are synchronous; the core runs them off the loop."""
+from __future__ import annotations
+
+from typing import Protocol
+
+from runtime.types import Array
+
+
+class Backend(Protocol):
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers actually active, most preferred first (e.g. ["CPUExecutionProvider"])."""
+        ...
+
+    @property
+    def instance_count(self) -> int: ...
+
+    def run(self, instance: int, inputs: dict[str, Array], output_names: list[str]) -> dict[str, Array]:
+        """Execute one batch on one instance; thread-safe across distinct instances."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,142 @@
+"""ONNX Runtime execution: one InferenceSession per model instance. The only importer of onnxruntime."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.errors import ExecutionError, ModelLoadError
+from runtime.types import Array
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+_GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def cuda_available() -> bool:
+    return CUDA in ort.get_available_providers()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSpec:
+    """Everything needed to open the sessions of one model version."""
+
+    model_path: Path
+    device: str  # "cuda" or "cpu"
+    gpu_ids: tuple[int, ...] = (0,)
+    instance_count: int = 1
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    allow_spinning: bool = False
+    graph_optimization_level: str = "all"
+    extra_session_config: dict[str, str] = field(default_factory=dict)
+
+
+class OnnxBackend:
+    def __init__(self, spec: SessionSpec) -> None:
+        self._spec = spec
+        self._sessions: list[ort.InferenceSession] = []
+        self._use_io_binding = spec.device == "cuda"
+        try:
+            for index in range(spec.instance_count):
+                self._sessions.append(self._open(index))
+        except ModelLoadError:
+            self.close()
+            raise
+        self._providers = list(self._sessions[0].get_providers())
+        if spec.device == "cuda" and CUDA not in self._providers:
+            self.close()
+            raise ModelLoadError(f"{spec.model_path}: CUDA was asked for but ONNX Runtime fell back to {self._providers}")
+        log.info(
+            "opened %s: %d instance(s) on %s, intra_op_threads=%d",
+            spec.model_path, spec.instance_count, ",".join(self._providers), spec.intra_op_threads,
+        )
+
+    def _open(self, index: int) -> ort.InferenceSession:
+        spec = self._spec
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = spec.intra_op_threads
+        options.inter_op_num_threads = spec.inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = _GRAPH_LEVELS[spec.graph_optimization_level]
+        options.log_severity_level = 3
+        spin = "1" if spec.allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        for key, value in spec.extra_session_config.items():
+            options.add_session_config_entry(key, value)
+        providers: list[Any]
+        if spec.device == "cuda":
+            gpu = spec.gpu_ids[index % len(spec.gpu_ids)]
+            cuda_options = {
+                "device_id": gpu,
+                # Grow the arena by what is asked, so one model does not reserve memory others need.
+                "arena_extend_strategy": "kSameAsRequested",
+                "cudnn_conv_algo_search": "HEURISTIC",
+                # Inputs are copied on the compute stream: no race between copy and kernel.
+                "do_copy_in_default_stream": True,
+            }
+            providers = [(CUDA, cuda_options), CPU]
+        else:
+            providers = [CPU]
+        try:
+            return ort.InferenceSession(str(spec.model_path), sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            raise ModelLoadError(f"{spec.model_path}: ONNX Runtime cannot load it: {exc}") from None
+
+    @property
+    def providers(self) -> list[str]:
+        return self._providers
+
+    @property
+    def instance_count(self) -> int:
+        return len(self._sessions)
+
+    def run(self, instance: int, inputs: dict[str, Array], output_names: list[str]) -> dict[str, Array]:
+        session = self._sessions[instance]
+        try:
+            if self._use_io_binding:
+                return self._run_bound(session, inputs, output_names)
+            results = session.run(output_names, inputs)
+        except Exception as exc:
+            raise ExecutionError(f"model execution failed: {exc}") from None
+        return dict(zip(output_names, results))
+
+    def _run_bound(self, session: ort.InferenceSession, inputs: dict[str, Array], output_names: list[str]) -> dict[str, Array]:
+        # With IO binding, ORT copies each host input to the device once and each output back once,
+        # instead of staging through its own temporary buffers per run.
+        binding = session.io_binding()
+        for name, array in inputs.items():
+            if array.dtype == object:
+                binding.bind_cpu_input(name, array)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in output_names:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return dict(zip(output_names, binding.copy_outputs_to_cpu()))
+
+    def close(self) -> None:
+        self._sessions.clear()
+
+
+def default_intra_op_threads(instance_count: int) -> int:
+    cores = os.cpu_count() or 1
+    return max(1, cores // 2 // max(1, instance_count))

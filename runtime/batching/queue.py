@@ -1,0 +1,340 @@
+"""Per-model-version request queue and dynamic batcher, with Triton's scheduling semantics.
+
+Requests wait in one FIFO per priority level. A batch is formed when an instance is free and
+either the preferred size is reached or the oldest request has waited max_delay; only requests
+whose group key matches (same non-batch shapes) are merged. The batcher knows nothing of
+numpy or transports: it hands payloads to an injected `run_batch`.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
+
+from runtime.errors import QueueFull, RequestTimeout, Unavailable
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class TimeoutAction(enum.Enum):
+    REJECT = "reject"
+    DELAY = "delay"
+
+
+@dataclass(frozen=True, slots=True)
+class LevelPolicy:
+    """Triton's ModelQueuePolicy for one priority level."""
+
+    max_queue_size: int  # 0: unbounded (the registry always gives a bound)
+    default_timeout_s: float | None = None
+    allow_timeout_override: bool = True
+    timeout_action: TimeoutAction = TimeoutAction.REJECT
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_batch_rows: int  # 0: no dynamic batching, each request runs alone
+    max_delay_s: float = 0.0
+    preferred_rows: tuple[int, ...] = ()
+    concurrency: int = 1
+    levels: tuple[LevelPolicy, ...] = (LevelPolicy(max_queue_size=1024),)
+    default_level: int = 0  # index into levels
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_rows > 0
+
+
+class _State(enum.Enum):
+    QUEUED = 0
+    TAKEN = 1
+    WITHDRAWN = 2
+
+
+@dataclass(eq=False, slots=True)
+class Pending(Generic[P, R]):
+    payload: P
+    rows: int
+    group: Hashable
+    level: int
+    enqueued_at: float
+    future: asyncio.Future[R]
+    deadline: float | None = None
+    delay_on_timeout: bool = False
+    state: _State = _State.QUEUED
+    taken_at: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+
+
+RunBatch = Callable[[int, Sequence[Pending[P, R]]], Awaitable[Sequence[R]]]
+
+
+@dataclass(slots=True)
+class QueueStats:
+    queued: int = 0
+    running_batches: int = 0
+    rejected_full: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    level_queued: list[int] = field(default_factory=list)
+
+
+class BatchQueue(Generic[P, R]):
+    def __init__(self, name: str, policy: BatchPolicy, run_batch: RunBatch[P, R]) -> None:
+        self.name = name
+        self.policy = policy
+        self._run_batch = run_batch
+        self._levels: list[list[Pending[P, R]]] = [[] for _ in policy.levels]
+        self._delayed: list[Pending[P, R]] = []  # timed out under DELAY: served after everything else
+        self.stats = QueueStats(level_queued=[0] * len(policy.levels))
+        self._closing = False
+        # Made lazily inside the running loop (a queue may be built before the loop starts).
+        self._wakeup: asyncio.Event | None = None
+        self._free_instances: asyncio.Queue[int] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.Event | None = None
+
+    # ---- public API -------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        payload: P,
+        rows: int,
+        group: Hashable = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> R:
+        """Queue one request and wait for its result. `priority` is Triton's 1-based level (0: default)."""
+        if self._closing:
+            raise Unavailable(f"model {self.name}: shutting down, not accepting requests")
+        self._ensure_started()
+        level = self._level_index(priority)
+        policy = self.policy.levels[level]
+        if policy.max_queue_size and self.stats.level_queued[level] >= policy.max_queue_size:
+            self.stats.rejected_full += 1
+            raise QueueFull(
+                f"model {self.name}: queue is full ({policy.max_queue_size} requests waiting); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        if timeout_s is None or not policy.allow_timeout_override:
+            timeout_s = policy.default_timeout_s if policy.default_timeout_s else timeout_s
+        item: Pending[P, R] = Pending(payload, rows, group, level, now, loop.create_future())
+        if timeout_s is not None and timeout_s > 0:
+            item.deadline = now + timeout_s
+            item.delay_on_timeout = policy.timeout_action is TimeoutAction.DELAY
+            item.timer = loop.call_at(loop.time() + timeout_s, self._expire, item)
+        self._levels[level].append(item)
+        self.stats.queued += 1
+        self.stats.level_queued[level] += 1
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            if item.state is _State.QUEUED:
+                self.stats.cancelled += 1
+                self._withdraw(item)
+            raise
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued or running."""
+        while self.stats.queued or self._running:
+            self._ensure_idle_event().clear()
+            await self._ensure_idle_event().wait()
+
+    async def close(self) -> None:
+        """Stop accepting, finish everything queued and running, then stop the dispatcher."""
+        self._closing = True
+        await self.drain()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            try:
+                await self._dispatcher
+            except asyncio.CancelledError:
+                pass
+            self._dispatcher = None
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # ---- queue bookkeeping ------------------------------------------------------------------
+
+    def _level_index(self, priority: int) -> int:
+        if priority <= 0:
+            return self.policy.default_level
+        return min(priority, len(self.policy.levels)) - 1
+
+    def _withdraw(self, item: Pending[P, R]) -> None:
+        if item.state is not _State.QUEUED:
+            return
+        item.state = _State.WITHDRAWN
+        if item.timer is not None:
+            item.timer.cancel()
+        self.stats.queued -= 1
+        self.stats.level_queued[item.level] -= 1
+        self._signal_if_idle()
+
+    def _expire(self, item: Pending[P, R]) -> None:
+        if item.state is not _State.QUEUED:
+            return
+        if item.delay_on_timeout:
+            # DELAY: it stays queued, behind every request that has not timed out.
+            if item in self._levels[item.level]:
+                self._levels[item.level].remove(item)
+                self._delayed.append(item)
+            return
+        self.stats.timed_out += 1
+        self._withdraw(item)
+        if not item.future.done():
+            waited_us = (time.monotonic() - item.enqueued_at) * 1e6
+            item.future.set_exception(
+                RequestTimeout(f"model {self.name}: request timed out in the queue after {waited_us:.0f} us")
+            )
+
+    def _queues_in_order(self) -> list[list[Pending[P, R]]]:
+        return [*self._levels, self._delayed]
+
+    def _first_queued(self) -> Pending[P, R] | None:
+        for queue in self._queues_in_order():
+            while queue and queue[0].state is not _State.QUEUED:
+                queue.pop(0)
+            if queue:
+                return queue[0]
+        return None
+
+    def _rows_available(self, group: Hashable, limit: int) -> int:
+        rows = 0
+        for queue in self._queues_in_order():
+            for item in queue:
+                if item.state is _State.QUEUED and item.group == group:
+                    rows += item.rows
+                    if rows >= limit:
+                        return rows
+        return rows
+
+    def _target_rows(self, available: int) -> int | None:
+        """Rows to dispatch now, or None to keep waiting for the window."""
+        policy = self.policy
+        if not policy.batching:
+            return 0  # one request, whatever its rows
+        if available >= policy.max_batch_rows:
+            return policy.max_batch_rows
+        fitting = [size for size in policy.preferred_rows if size <= available]
+        return max(fitting) if fitting else None
+
+    def _take(self, group: Hashable, target_rows: int) -> list[Pending[P, R]]:
+        batch: list[Pending[P, R]] = []
+        rows = 0
+        limit = max(target_rows, 1)
+        for queue in self._queues_in_order():
+            kept: list[Pending[P, R]] = []
+            for item in queue:
+                if item.state is not _State.QUEUED:
+                    continue
+                fits = item.group == group and (
+                    not batch or (self.policy.batching and rows + item.rows <= limit)
+                )
+                if fits and rows < limit:
+                    batch.append(item)
+                    rows += item.rows
+                else:
+                    kept.append(item)
+            queue[:] = kept
+        now = time.monotonic()
+        for item in batch:
+            item.state = _State.TAKEN
+            item.taken_at = now
+            if item.timer is not None:
+                item.timer.cancel()
+            self.stats.queued -= 1
+            self.stats.level_queued[item.level] -= 1
+        return batch
+
+    # ---- dispatcher -------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._dispatcher is not None:
+            return
+        self._wakeup = asyncio.Event()
+        self._free_instances = asyncio.Queue()
+        for instance in range(self.policy.concurrency):
+            self._free_instances.put_nowait(instance)
+        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_forever(), name=f"batcher:{self.name}")
+        self._dispatcher.add_done_callback(self._log_crash)
+
+    def _ensure_idle_event(self) -> asyncio.Event:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        return self._idle
+
+    def _signal_if_idle(self) -> None:
+        if self._idle is not None and not self.stats.queued and not self._running:
+            self._idle.set()
+
+    def _log_crash(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("batcher for %s stopped", self.name, exc_info=task.exception())
+
+    async def _dispatch_forever(self) -> None:
+        assert self._wakeup is not None and self._free_instances is not None
+        while True:
+            first = self._first_queued()
+            if first is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            instance = await self._free_instances.get()
+            batch = await self._form_batch()
+            if not batch:
+                self._free_instances.put_nowait(instance)
+                continue
+            task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._log_crash)
+
+    async def _form_batch(self) -> list[Pending[P, R]]:
+        assert self._wakeup is not None
+        while True:
+            first = self._first_queued()
+            if first is None:
+                return []
+            limit = self.policy.max_batch_rows or first.rows
+            target = self._target_rows(self._rows_available(first.group, limit))
+            remaining = first.enqueued_at + self.policy.max_delay_s - time.monotonic()
+            if target is not None or remaining <= 0:
+                return self._take(first.group, target or limit)
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def _execute(self, instance: int, batch: list[Pending[P, R]]) -> None:
+        assert self._free_instances is not None
+        live = [item for item in batch if not item.future.done()]
+        try:
+            if live:
+                results = await self._run_batch(instance, live)
+                if len(results) != len(live):
+                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} requests")
+                for item, result in zip(live, results):
+                    if not item.future.done():
+                        item.future.set_result(result)
+        except Exception as exc:
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        finally:
+            self._free_instances.put_nowait(instance)
+            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._signal_if_idle()

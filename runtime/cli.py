@@ -1,0 +1,70 @@
+"""argv -> Settings, then app.run(). The only module that reads argv."""
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from pathlib import Path
+from typing import Sequence
+
+from runtime import __version__
+from runtime.config import ENV_PREFIX, from_sources, setting_fields
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="model-runtime", description="KServe V2 inference server for ONNX models")
+    parser.add_argument("--version", action="store_true", help="print the version and the codec implementation")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model repository over HTTP and gRPC",
+        description=(
+            "Serve a model repository. Every flag can also be set with the environment variable "
+            f"{ENV_PREFIX}<FLAG_NAME> (e.g. {ENV_PREFIX}HTTP_PORT) or as a key of the TOML file given "
+            "by --config-file (e.g. http_port = 8000). Precedence: flag > environment > file > default."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--config-file", type=Path, default=None, help="TOML file of settings")
+    hints = typing.get_type_hints(__import__("runtime.config", fromlist=["Settings"]).Settings)
+    for spec in setting_fields():
+        flag = "--" + spec.name.replace("_", "-")
+        env = ENV_PREFIX + spec.name.upper()
+        help_text = f"{spec.metadata.get('doc', '')} [env {env}]"
+        if typing.get_origin(hints[spec.name]) is list:
+            serve.add_argument(flag, dest=spec.name, action="append", default=None, help=help_text)
+        else:
+            serve.add_argument(flag, dest=spec.name, default=None, metavar=spec.name.upper(), help=help_text)
+    examples = commands.add_parser("write-examples", help="write the built-in example repository to a folder")
+    examples.add_argument("path", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from runtime import codec
+
+        print(f"model-runtime {__version__} (codec: {codec.IMPLEMENTATION})")
+        return 0
+    if args.command == "write-examples":
+        from runtime.examples import write_example_repository
+
+        print(write_example_repository(args.path))
+        return 0
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    values = {spec.name: getattr(args, spec.name) for spec in setting_fields()}
+    try:
+        settings = from_sources(values, config_file=args.config_file)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    from runtime import app
+
+    return app.run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

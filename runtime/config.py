@@ -1,0 +1,171 @@
+"""Server settings: one dataclass, filled from defaults < config file < environment < command line.
+
+Every field is a flag (`--http-port`), an environment variable (`MODEL_RUNTIME_HTTP_PORT`) and a
+config-file key (`http_port` in a TOML file given by `--config-file`). Imports nothing from runtime.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+ENV_PREFIX = "MODEL_RUNTIME_"
+
+GraphOptimizationLevel = Literal["disable", "basic", "extended", "all"]
+ExecutionProvider = Literal["auto", "cuda", "cpu"]
+LogFormat = Literal["text", "json"]
+ModelControlMode = Literal["none", "explicit", "poll"]
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass
+class Settings:
+    model_repository: Path | None = _doc(
+        "Model repository (Triton layout REPO/<model>/<version>/model.onnx). "
+        "Unset: serve the built-in examples, written to --example-repository.",
+        default=None,
+    )
+    example_repository: Path = _doc(
+        "Where the built-in example models are written when no repository is given.",
+        default=Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "model-runtime" / "examples",
+    )
+    http_address: str = _doc("Address the HTTP server binds.", default="0.0.0.0")
+    http_port: int = _doc("HTTP port (0 picks a free one).", default=8000)
+    grpc_address: str = _doc("Address the gRPC server binds.", default="0.0.0.0")
+    grpc_port: int = _doc("gRPC port (0 picks a free one).", default=8001)
+    metrics_address: str = _doc("Address the Prometheus metrics server binds.", default="0.0.0.0")
+    metrics_port: int = _doc("Prometheus metrics port (0 picks a free one).", default=8002)
+    allow_http: bool = _doc("Serve the HTTP/REST endpoint.", default=True)
+    allow_grpc: bool = _doc("Serve the gRPC endpoint.", default=True)
+    allow_metrics: bool = _doc("Serve Prometheus metrics.", default=True)
+    ports_file: Path | None = _doc(
+        "Once serving, write the bound ports as JSON here ({\"http\": N, \"grpc\": N, \"metrics\": N}).",
+        default=None,
+    )
+    max_request_bytes: int = _doc(
+        "Largest request body (HTTP) or message (gRPC) accepted, in bytes.", default=64 * 1024 * 1024
+    )
+    execution_provider: ExecutionProvider = _doc(
+        "ONNX Runtime execution provider: auto (CUDA when available, else CPU), cuda or cpu. "
+        "A model's instance_group kind KIND_GPU/KIND_CPU overrides it.",
+        default="auto",
+    )
+    gpu_device_id: int = _doc("CUDA device used when a model's instance_group names no gpus.", default=0)
+    intra_op_threads: int = _doc(
+        "ONNX Runtime intra-op threads per model instance; 0 sizes it from the cores present "
+        "(cores // 2 // instances, at least 1, leaving room for the event loop).",
+        default=0,
+    )
+    inter_op_threads: int = _doc("ONNX Runtime inter-op threads per instance (sequential mode uses 1).", default=1)
+    allow_spinning: bool = _doc(
+        "Let ONNX Runtime worker threads spin while idle (lower latency, burns CPU the event loop needs).",
+        default=False,
+    )
+    graph_optimization_level: GraphOptimizationLevel = _doc(
+        "ONNX Runtime graph optimisation level unless a model's config sets optimization.graph.level.",
+        default="all",
+    )
+    default_max_batch_size: int = _doc(
+        "max_batch_size given to models whose config is auto-completed and whose ONNX graph has a batch dim.",
+        default=4,
+    )
+    disable_auto_complete_config: bool = _doc(
+        "Require a complete config.pbtxt instead of completing it from the ONNX model.", default=False
+    )
+    default_max_queue_size: int = _doc(
+        "Queue bound (requests) for models whose config sets no max_queue_size: overload is "
+        "rejected at once with 503 / UNAVAILABLE instead of growing memory.",
+        default=1024,
+    )
+    model_control_mode: ModelControlMode = _doc(
+        "none: load every model at start; explicit: load --load-model models, then the admin API; "
+        "poll: rescan the repository every --repository-poll-secs.",
+        default="none",
+    )
+    load_model: list[str] = _doc(
+        "Model to load at start in explicit mode (repeatable; '*' loads all).", default_factory=list
+    )
+    repository_poll_secs: float = _doc("Seconds between repository scans in poll mode.", default=15.0)
+    exit_timeout_secs: float = _doc(
+        "Grace period on SIGTERM/SIGINT to drain queued and running requests.", default=30.0
+    )
+    http_keep_alive_timeout_secs: float = _doc("Idle keep-alive HTTP connections are closed after this.", default=15.0)
+    log_level: Literal["debug", "info", "warning", "error"] = _doc("Log level.", default="info")
+    log_format: LogFormat = _doc("Log line format: text, or one JSON object per line.", default="text")
+
+    @property
+    def repository(self) -> Path:
+        return self.model_repository if self.model_repository is not None else self.example_repository
+
+
+def setting_fields() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(Settings))
+
+
+def field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def coerce(name: str, raw: Any) -> Any:
+    """Convert a raw value (string from env/argv, or TOML value) to the field's type."""
+    hint = field_types()[name]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if raw not in args:
+            raise ValueError(f"{name}: {raw!r} is not one of {', '.join(map(str, args))}")
+        return raw
+    if origin is list:
+        items = raw if isinstance(raw, list) else [s for s in str(raw).split(",") if s]
+        return [str(item) for item in items]
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if raw is None:
+        return None
+    if base is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: {raw!r} is not a boolean")
+    if base is Path:
+        return Path(str(raw)).expanduser()
+    try:
+        return base(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {raw!r} is not a valid {getattr(base, '__name__', base)}") from None
+
+
+def from_sources(
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Settings with precedence command line > environment > config file > defaults."""
+    names = {f.name for f in setting_fields()}
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        with open(config_file, "rb") as handle:
+            for key, raw in tomllib.load(handle).items():
+                name = key.replace("-", "_")
+                if name not in names:
+                    raise ValueError(f"config file {config_file}: unknown key {key!r}")
+                values[name] = coerce(name, raw)
+    environ = os.environ if environ is None else environ
+    for name in names:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = coerce(name, raw)
+    for name, raw in (cli or {}).items():
+        if raw is not None:
+            values[name] = coerce(name, raw)
+    return Settings(**values)

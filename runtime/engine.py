@@ -1,0 +1,129 @@
+"""The one async core: infer(request) -> response, plus the metadata the protocol exposes.
+
+Knows nothing of HTTP or gRPC; transports decode into `InferRequest` and encode `InferResponse`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from runtime import SERVER_NAME, __version__
+from runtime.errors import InvalidInput
+from runtime.model import ModelState, ServedModel
+from runtime.repository.model_config import ModelConfig
+from runtime.repository.registry import ModelRegistry, VersionRecord
+from runtime.types import InferRequest, InferResponse, TensorSpec
+from runtime.validate import validate_request
+
+# Protocol extensions we implement (GET /v2 and ServerMetadata list them; clients probe them).
+EXTENSIONS = ["model_configuration", "binary_tensor_data"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    execution_providers: list[str]
+
+
+class Engine:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._accepting = True
+
+    # ---- health -----------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready while accepting requests; one model reloading does not make the server unready."""
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            record = self.registry.record(name, version)
+        except Exception:
+            return False
+        return record.state is ModelState.READY
+
+    # ---- metadata ---------------------------------------------------------------------------
+
+    def server_metadata(self) -> tuple[str, str, list[str]]:
+        return SERVER_NAME, __version__, list(EXTENSIONS)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        served = self.registry.get(name, version)
+        versions = [str(version)] if version else [str(v) for v in self.registry.ready_versions(name)]
+        return ModelMetadata(
+            name=name,
+            versions=versions,
+            platform=served.config.platform,
+            inputs=served.inputs,
+            outputs=served.outputs,
+            execution_providers=served.backend.providers,
+        )
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        return self.registry.get(name, version).config
+
+    def index(self) -> list[VersionRecord]:
+        return self.registry.records()
+
+    # ---- inference --------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        served = self.registry.get(request.model_name, request.model_version)
+        validated = validate_request(
+            served.label,
+            served.inputs,
+            served.outputs,
+            served.max_batch_size,
+            request.inputs,
+            request.requested_outputs,
+            served.optional_inputs,
+        )
+        priority, timeout_s = _scheduling(request, served)
+        started = time.perf_counter_ns()
+        try:
+            outputs = await served.infer(validated, priority, timeout_s)
+        except BaseException:
+            served.stats.fail.add(time.perf_counter_ns() - started)
+            raise
+        served.stats.success.add(time.perf_counter_ns() - started)
+        if request.requested_outputs:
+            outputs = {o.name: outputs[o.name] for o in request.requested_outputs}
+        return InferResponse(
+            model_name=served.name,
+            model_version=str(served.version),
+            outputs=outputs,
+            id=request.id,
+            requested_outputs=request.requested_outputs,
+        )
+
+
+def _scheduling(request: InferRequest, served: ServedModel) -> tuple[int, float | None]:
+    """Priority level and queue timeout from the request's parameters and deadline."""
+    params = request.parameters
+    priority = params.get("priority", 0)
+    timeout_us = params.get("timeout", None)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise InvalidInput(f"{served.label}: parameter 'priority' must be a non-negative integer, got {priority!r}")
+    timeout_s: float | None = None
+    if timeout_us is not None:
+        if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0:
+            raise InvalidInput(
+                f"{served.label}: parameter 'timeout' must be a non-negative integer of microseconds, got {timeout_us!r}"
+            )
+        timeout_s = timeout_us / 1e6 if timeout_us else None
+    if request.deadline is not None:
+        remaining = request.deadline - time.monotonic()
+        timeout_s = remaining if timeout_s is None else min(timeout_s, remaining)
+        timeout_s = max(timeout_s, 1e-6)
+    return priority, timeout_s

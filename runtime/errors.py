@@ -1,0 +1,71 @@
+"""Errors of the core, each with a transport-free code; servers map codes to statuses."""
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.Enum):
+    INVALID_ARGUMENT = "invalid_argument"  # HTTP 400, gRPC INVALID_ARGUMENT
+    NOT_FOUND = "not_found"  # HTTP 404, gRPC NOT_FOUND
+    UNAVAILABLE = "unavailable"  # HTTP 503, gRPC UNAVAILABLE: overload, not ready, draining
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # HTTP 504? no: Triton answers 400; see server maps
+    CANCELLED = "cancelled"
+    UNAUTHENTICATED = "unauthenticated"  # HTTP 401
+    PERMISSION_DENIED = "permission_denied"  # HTTP 403
+    TOO_LARGE = "too_large"  # HTTP 413, gRPC RESOURCE_EXHAUSTED
+    RESOURCE_EXHAUSTED = "resource_exhausted"  # HTTP 507-ish; memory budget
+    FAILED_PRECONDITION = "failed_precondition"  # HTTP 409
+    INTERNAL = "internal"  # HTTP 500, gRPC INTERNAL: model execution failed
+
+
+class RuntimeServingError(Exception):
+    """An error to be answered to the client: a code and a message naming what was wrong."""
+
+    code: Code = Code.INTERNAL
+
+    def __init__(self, message: str, code: Code | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(RuntimeServingError):
+    code = Code.INVALID_ARGUMENT
+
+
+class ModelNotFound(RuntimeServingError):
+    code = Code.NOT_FOUND
+
+
+class Unavailable(RuntimeServingError):
+    code = Code.UNAVAILABLE
+
+
+class QueueFull(Unavailable):
+    """Overload: the model's queue is at its configured bound."""
+
+
+class RequestTimeout(RuntimeServingError):
+    code = Code.DEADLINE_EXCEEDED
+
+
+class RequestCancelled(RuntimeServingError):
+    code = Code.CANCELLED
+
+
+class PayloadTooLarge(RuntimeServingError):
+    code = Code.TOO_LARGE
+
+
+class ExecutionError(RuntimeServingError):
+    code = Code.INTERNAL
+
+
+class ModelLoadError(RuntimeServingError):
+    """A model version could not be loaded; the reason names file, field or provider."""
+
+    code = Code.INVALID_ARGUMENT

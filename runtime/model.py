@@ -1,0 +1,187 @@
+"""One loaded model version: its config, backend, request queue and statistics."""
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from runtime.backends.base import Backend
+from runtime.batching import collate
+from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
+from runtime.repository.model_config import ModelConfig, public_inputs, public_outputs
+from runtime.server._pb import model_config_pb2 as mc
+from runtime.types import Array, TensorSpec
+from runtime.validate import Validated
+
+Outputs = dict[str, Array]
+
+
+class ModelState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass(slots=True)
+class ModelStats:
+    """Triton's statistics-extension counters for one version (field meanings as Triton's)."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0  # rows
+    execution_count: int = 0  # batches
+    last_inference_ms: int = 0
+    batch_stats: dict[int, tuple[Duration, Duration, Duration]] = field(default_factory=dict)
+
+
+def batch_policy(config: ModelConfig, instances: int, default_max_queue_size: int) -> BatchPolicy:
+    """Triton's dynamic_batching block as a BatchPolicy; no block means each request runs alone."""
+    if not config.HasField("dynamic_batching") or config.max_batch_size == 0:
+        return BatchPolicy(
+            max_batch_rows=0, concurrency=instances, levels=(LevelPolicy(max_queue_size=default_max_queue_size),)
+        )
+    batching = config.dynamic_batching
+    level_count = max(1, int(batching.priority_levels))
+
+    def level(policy: mc.ModelQueuePolicy) -> LevelPolicy:
+        return LevelPolicy(
+            max_queue_size=int(policy.max_queue_size) or default_max_queue_size,
+            default_timeout_s=policy.default_timeout_microseconds / 1e6 or None,
+            allow_timeout_override=policy.allow_timeout_override or not policy.default_timeout_microseconds,
+            timeout_action=TimeoutAction.DELAY if policy.timeout_action == mc.ModelQueuePolicy.DELAY else TimeoutAction.REJECT,
+        )
+
+    levels = tuple(
+        level(batching.priority_queue_policy[n] if n in batching.priority_queue_policy else batching.default_queue_policy)
+        for n in range(1, level_count + 1)
+    )
+    preferred = tuple(sorted(int(s) for s in batching.preferred_batch_size))
+    return BatchPolicy(
+        max_batch_rows=config.max_batch_size,
+        max_delay_s=batching.max_queue_delay_microseconds / 1e6,
+        preferred_rows=preferred,
+        concurrency=instances,
+        levels=levels,
+        default_level=max(0, int(batching.default_priority_level) - 1),
+    )
+
+
+class ServedModel:
+    def __init__(
+        self,
+        config: ModelConfig,
+        version: int,
+        backend: Backend,
+        default_max_queue_size: int,
+    ) -> None:
+        self.name = config.name
+        self.version = version
+        self.config = config
+        self.backend = backend
+        self.label = f"model {self.name!r} version {version}"
+        self.inputs: list[TensorSpec] = public_inputs(config)
+        self.outputs: list[TensorSpec] = public_outputs(config)
+        self.optional_inputs = frozenset(t.name for t in config.input if t.optional)
+        self.output_names = [spec.name for spec in self.outputs]
+        self.state = ModelState.READY
+        self.stats = ModelStats()
+        self._input_reshape = {
+            t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")
+        }
+        self._output_reshape = {t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")}
+        self._executor = ThreadPoolExecutor(
+            max_workers=backend.instance_count, thread_name_prefix=f"{self.name}-v{version}"
+        )
+        self.queue: BatchQueue[Validated, Outputs] = BatchQueue(
+            f"{self.name}:{version}",
+            batch_policy(config, backend.instance_count, default_max_queue_size),
+            self._run_batch,
+        )
+
+    @property
+    def max_batch_size(self) -> int:
+        return int(self.config.max_batch_size)
+
+    async def infer(self, request: Validated, priority: int = 0, timeout_s: float | None = None) -> Outputs:
+        return await self.queue.submit(request, request.rows, request.group, priority, timeout_s)
+
+    def run_sync(self, inputs: dict[str, Array], instance: int = 0) -> Outputs:
+        """Execute directly on one instance (warm-up); never used while serving."""
+        return self._execute(instance, inputs)
+
+    async def _run_batch(self, instance: int, items: Sequence[Pending[Validated, Outputs]]) -> list[Outputs]:
+        started = time.perf_counter_ns()
+        batch = collate.stack([item.payload.inputs for item in items])
+        prepared = time.perf_counter_ns()
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._executor, self._execute, instance, batch)
+        ran = time.perf_counter_ns()
+        results = collate.split(outputs, [item.rows for item in items])
+        finished = time.perf_counter_ns()
+        self._record_batch(items, prepared - started, ran - prepared, finished - ran)
+        return results
+
+    def _execute(self, instance: int, batch: dict[str, Array]) -> Outputs:
+        if self._input_reshape:
+            batch = {name: self._reshape_input(name, array) for name, array in batch.items()}
+        outputs = self.backend.run(instance, batch, self.output_names)
+        if self._output_reshape:
+            lead = 1 if self.max_batch_size > 0 else 0
+            outputs = {
+                name: array.reshape(array.shape[:lead] + self._output_reshape[name]) if name in self._output_reshape else array
+                for name, array in outputs.items()
+            }
+        return outputs
+
+    def _reshape_input(self, name: str, array: Array) -> Array:
+        shape = self._input_reshape.get(name)
+        if shape is None:
+            return array
+        lead = array.shape[:1] if self.max_batch_size > 0 else ()
+        return np.reshape(array, lead + shape)
+
+    def _record_batch(self, items: Sequence[Pending[Validated, Outputs]], input_ns: int, infer_ns: int, output_ns: int) -> None:
+        stats = self.stats
+        rows = sum(item.rows for item in items)
+        stats.execution_count += 1
+        stats.inference_count += rows
+        stats.last_inference_ms = int(time.time() * 1000)
+        # Triton counts compute time once per request: each request of the batch "spent" the batch's time.
+        count = len(items)
+        stats.compute_input.add(input_ns * count, count)
+        stats.compute_infer.add(infer_ns * count, count)
+        stats.compute_output.add(output_ns * count, count)
+        for item in items:
+            stats.queue.add(int((item.taken_at - item.enqueued_at) * 1e9))
+        per_size = stats.batch_stats.setdefault(rows, (Duration(), Duration(), Duration()))
+        per_size[0].add(input_ns)
+        per_size[1].add(infer_ns)
+        per_size[2].add(output_ns)
+
+    async def close(self) -> None:
+        """Drain queued and running requests, then free the sessions."""
+        self.state = ModelState.UNLOADING
+        await self.queue.close()
+        self._executor.shutdown(wait=True)
+        self.backend.close()
+        self.state = ModelState.UNAVAILABLE

@@ -1,0 +1,307 @@
+"""config.pbtxt -> our ModelConfig message; completion and checks against the ONNX graph.
+
+The config schema is Triton's (field names and numbers), restricted to what this runtime
+implements. A field we do not implement is a load error that names it, never silently ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from google.protobuf import descriptor as pb_descriptor
+from google.protobuf import json_format, text_format
+
+from runtime.errors import ModelLoadError
+from runtime.server._pb import model_config_pb2 as mc
+from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG, TensorSpec
+
+ModelConfig = mc.ModelConfig
+SUPPORTED_PLATFORMS = ("", "onnxruntime_onnx")
+SUPPORTED_BACKENDS = ("", "onnxruntime")
+DEFAULT_MODEL_FILENAME = "model.onnx"
+
+_ONNX_TO_DATATYPE = {
+    onnx.TensorProto.BOOL: "BOOL",
+    onnx.TensorProto.UINT8: "UINT8",
+    onnx.TensorProto.UINT16: "UINT16",
+    onnx.TensorProto.UINT32: "UINT32",
+    onnx.TensorProto.UINT64: "UINT64",
+    onnx.TensorProto.INT8: "INT8",
+    onnx.TensorProto.INT16: "INT16",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.FLOAT16: "FP16",
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.DOUBLE: "FP64",
+    onnx.TensorProto.STRING: "BYTES",
+    onnx.TensorProto.BFLOAT16: "BF16",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GraphTensor:
+    """An ONNX graph input or output: V2 datatype and full shape (-1 where symbolic)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GraphSignature:
+    inputs: tuple[GraphTensor, ...]
+    outputs: tuple[GraphTensor, ...]
+
+
+def parse_config_text(text: str, source: str) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        detail = str(exc)
+        if "has no field named" in detail:
+            detail += " (not a field model-runtime supports; remove it or check its spelling)"
+        raise ModelLoadError(f"{source}: {detail}") from None
+    return config
+
+
+def read_config_file(model_dir: Path) -> mc.ModelConfig:
+    path = model_dir / "config.pbtxt"
+    if not path.is_file():
+        return mc.ModelConfig()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read: {exc}") from None
+    return parse_config_text(text, str(path))
+
+
+def config_from_json(obj: Any, source: str) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    try:
+        json_format.ParseDict(obj, config)
+    except json_format.ParseError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from None
+    return config
+
+
+def read_graph_signature(model_path: Path) -> GraphSignature:
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError...
+        raise ModelLoadError(f"{model_path}: not a readable ONNX model: {exc}") from None
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = tuple(_graph_tensor(v, model_path) for v in graph.input if v.name not in initializers)
+    outputs = tuple(_graph_tensor(v, model_path) for v in graph.output)
+    return GraphSignature(inputs, outputs)
+
+
+def _graph_tensor(value: onnx.ValueInfoProto, model_path: Path) -> GraphTensor:
+    tensor_type = value.type.tensor_type
+    datatype = _ONNX_TO_DATATYPE.get(tensor_type.elem_type)
+    if datatype is None:
+        raise ModelLoadError(
+            f"{model_path}: tensor {value.name!r} has ONNX element type {tensor_type.elem_type}, "
+            "which model-runtime cannot serve"
+        )
+    if not tensor_type.HasField("shape"):
+        return GraphTensor(value.name, datatype, (-1,))
+    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor_type.shape.dim)
+    return GraphTensor(value.name, datatype, dims)
+
+
+def complete_config(
+    config: mc.ModelConfig,
+    model_name: str,
+    signature: GraphSignature,
+    default_max_batch_size: int,
+    auto_complete: bool = True,
+) -> mc.ModelConfig:
+    """Fill what config.pbtxt left out from the ONNX graph (Triton's auto-complete), then check both agree."""
+    done = mc.ModelConfig()
+    done.CopyFrom(config)
+    where = f"model {model_name!r}"
+    if done.name and done.name != model_name:
+        raise ModelLoadError(f"{where}: config.pbtxt names the model {done.name!r}; it must match its directory")
+    done.name = model_name
+    if done.platform not in SUPPORTED_PLATFORMS:
+        raise ModelLoadError(f"{where}: platform {done.platform!r} is not supported (only onnxruntime_onnx)")
+    if done.backend not in SUPPORTED_BACKENDS:
+        raise ModelLoadError(f"{where}: backend {done.backend!r} is not supported (only onnxruntime)")
+    if not auto_complete and (not done.input or not done.output):
+        raise ModelLoadError(f"{where}: config.pbtxt must list every input and output (auto-complete is disabled)")
+    done.platform = "onnxruntime_onnx"
+    done.backend = "onnxruntime"
+    if done.max_batch_size < 0:
+        raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {done.max_batch_size}")
+
+    graph_batchable = _graph_has_batch_dim(signature)
+    if not config.input and not config.output and config.max_batch_size == 0 and auto_complete:
+        if graph_batchable and default_max_batch_size > 0:
+            done.max_batch_size = default_max_batch_size
+            if done.WhichOneof("scheduling_choice") is None and default_max_batch_size > 1:
+                done.dynamic_batching.SetInParent()
+    if done.max_batch_size > 0 and not graph_batchable:
+        raise ModelLoadError(
+            f"{where}: max_batch_size is {done.max_batch_size} but not every ONNX input and output has a "
+            "variable first dimension to batch along; set max_batch_size: 0"
+        )
+    skip = 1 if done.max_batch_size > 0 else 0
+
+    _complete_tensors(done.input, signature.inputs, skip, where, "input", auto_complete)
+    _complete_tensors(done.output, signature.outputs, skip, where, "output", auto_complete)
+    _check_versions_and_groups(done, where)
+    return done
+
+
+def _graph_has_batch_dim(signature: GraphSignature) -> bool:
+    tensors = signature.inputs + signature.outputs
+    return bool(tensors) and all(len(t.shape) >= 1 and t.shape[0] == -1 for t in tensors)
+
+
+def _complete_tensors(
+    declared: Any, graph: tuple[GraphTensor, ...], skip: int, where: str, kind: str, auto_complete: bool
+) -> None:
+    by_name = {t.name: t for t in graph}
+    declared_names = {t.name for t in declared}
+    for tensor in declared:
+        graph_tensor = by_name.get(tensor.name)
+        if graph_tensor is None:
+            raise ModelLoadError(
+                f"{where}: config {kind} {tensor.name!r} is not an {kind} of the ONNX model "
+                f"(it has {', '.join(sorted(by_name)) or 'none'})"
+            )
+        type_name = mc.DataType.Name(tensor.data_type)
+        if tensor.data_type == mc.TYPE_INVALID:
+            tensor.data_type = mc.DataType.Value(DATATYPE_TO_CONFIG[graph_tensor.datatype])
+        elif CONFIG_TO_DATATYPE.get(type_name) != graph_tensor.datatype:
+            raise ModelLoadError(
+                f"{where}: config {kind} {tensor.name!r} has data_type {type_name} but the ONNX model has "
+                f"{DATATYPE_TO_CONFIG[graph_tensor.datatype]}"
+            )
+        model_dims = graph_tensor.shape[skip:]
+        if not tensor.dims:
+            tensor.dims.extend(model_dims)
+        expected = tuple(tensor.reshape.shape) if tensor.HasField("reshape") else tuple(tensor.dims)
+        if tensor.HasField("reshape"):
+            if _element_count(tensor.dims) is not None and _element_count(expected) is not None:
+                if _element_count(tensor.dims) != _element_count(expected):
+                    raise ModelLoadError(
+                        f"{where}: {kind} {tensor.name!r}: dims {list(tensor.dims)} and reshape {list(expected)} "
+                        "hold different element counts"
+                    )
+        if not _dims_compatible(expected, model_dims):
+            raise ModelLoadError(
+                f"{where}: config {kind} {tensor.name!r} has dims {list(expected)} but the ONNX model's shape "
+                f"{'without the batch dim ' if skip else ''}is {list(model_dims)}"
+            )
+    if not auto_complete:
+        missing = [t.name for t in graph if t.name not in declared_names]
+        if missing:
+            raise ModelLoadError(f"{where}: config.pbtxt does not list ONNX {kind}s {missing}")
+        return
+    for graph_tensor in graph:
+        if graph_tensor.name in declared_names:
+            continue
+        added = declared.add()
+        added.name = graph_tensor.name
+        added.data_type = mc.DataType.Value(DATATYPE_TO_CONFIG[graph_tensor.datatype])
+        added.dims.extend(graph_tensor.shape[skip:])
+
+
+def _element_count(dims: Any) -> int | None:
+    count = 1
+    for d in dims:
+        if d < 0:
+            return None
+        count *= d
+    return count
+
+
+def _dims_compatible(config_dims: tuple[int, ...], model_dims: tuple[int, ...]) -> bool:
+    if len(config_dims) != len(model_dims):
+        return False
+    return all(c == m or m == -1 for c, m in zip(config_dims, model_dims))
+
+
+def _check_versions_and_groups(config: mc.ModelConfig, where: str) -> None:
+    for group in config.instance_group:
+        if group.count < 0:
+            raise ModelLoadError(f"{where}: instance_group count must be >= 0, got {group.count}")
+        if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
+            raise ModelLoadError(f"{where}: instance_group kind KIND_MODEL is not supported")
+    batching = config.dynamic_batching if config.HasField("dynamic_batching") else None
+    if batching is not None:
+        for size in batching.preferred_batch_size:
+            if size <= 0 or (config.max_batch_size and size > config.max_batch_size):
+                raise ModelLoadError(
+                    f"{where}: preferred_batch_size {size} must be between 1 and max_batch_size {config.max_batch_size}"
+                )
+        if batching.priority_levels and not (1 <= batching.default_priority_level <= batching.priority_levels):
+            if batching.default_priority_level != 0:
+                raise ModelLoadError(
+                    f"{where}: default_priority_level {batching.default_priority_level} is outside 1..{batching.priority_levels}"
+                )
+        for level in batching.priority_queue_policy:
+            if not 1 <= level <= batching.priority_levels:
+                raise ModelLoadError(f"{where}: priority_queue_policy names level {level} outside 1..{batching.priority_levels}")
+
+
+def instance_count(config: mc.ModelConfig) -> int:
+    """Total instances over all instance groups; a group without count means one."""
+    if not config.instance_group:
+        return 1
+    return max(1, sum(group.count or 1 for group in config.instance_group))
+
+
+def public_inputs(config: mc.ModelConfig) -> list[TensorSpec]:
+    return [_public(t, config.max_batch_size) for t in config.input]
+
+
+def public_outputs(config: mc.ModelConfig) -> list[TensorSpec]:
+    return [_public(t, config.max_batch_size) for t in config.output]
+
+
+def _public(tensor: Any, max_batch_size: int) -> TensorSpec:
+    batch = (-1,) if max_batch_size > 0 else ()
+    datatype = CONFIG_TO_DATATYPE[mc.DataType.Name(tensor.data_type)]
+    return TensorSpec(tensor.name, datatype, batch + tuple(int(d) for d in tensor.dims))
+
+
+def config_to_json(config: mc.ModelConfig) -> dict[str, Any]:
+    """Triton's JSON form of a config: proto field names, int64 as JSON numbers (not strings)."""
+    as_dict = json_format.MessageToDict(
+        config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _int64_as_numbers(as_dict, config.DESCRIPTOR)
+
+
+_INT64_TYPES = {
+    pb_descriptor.FieldDescriptor.TYPE_INT64,
+    pb_descriptor.FieldDescriptor.TYPE_UINT64,
+    pb_descriptor.FieldDescriptor.TYPE_SINT64,
+    pb_descriptor.FieldDescriptor.TYPE_FIXED64,
+    pb_descriptor.FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def _int64_as_numbers(value: Any, message: pb_descriptor.Descriptor) -> Any:
+    for name, item in list(value.items()):
+        field = message.fields_by_name.get(name)
+        if field is None:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            if value_field.message_type is not None:
+                value[name] = {k: _int64_as_numbers(v, value_field.message_type) for k, v in item.items()}
+        elif field.message_type is not None:
+            if isinstance(item, list):
+                value[name] = [_int64_as_numbers(v, field.message_type) for v in item]
+            else:
+                value[name] = _int64_as_numbers(item, field.message_type)
+        elif field.type in _INT64_TYPES:
+            value[name] = [int(v) for v in item] if isinstance(item, list) else int(item)
+    return value

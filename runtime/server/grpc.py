@@ -1,0 +1,316 @@
+"""KServe V2 over gRPC (grpc.aio): inference.GRPCInferenceService and grpc.health.v1.
+
+A thin adapter: protobuf -> `InferRequest`, engine.infer, `InferResponse` -> protobuf. Requests
+arrive as bytes and are parsed here, so a malformed message is INVALID_ARGUMENT, not INTERNAL.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from runtime.config import Settings
+from runtime.engine import Engine
+from runtime.errors import Code, InvalidInput, RuntimeServingError
+from runtime.server._pb import grpc_service_pb2 as pb
+from runtime.tensors import array_from_raw, check_shape, element_count, numpy_dtype, raw_from_array
+from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+STATUS_BY_CODE = {
+    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Code.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Code.CANCELLED: grpc.StatusCode.CANCELLED,
+    Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Code.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Code.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+# InferTensorContents field for each datatype (narrow types travel in their family's 32-bit field).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]
+
+
+def parse(message_type: type[Message], raw: bytes) -> Any:
+    try:
+        return message_type.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidInput(f"malformed {message_type.DESCRIPTOR.name} protobuf: {exc}") from None
+
+
+def answers_errors(handler: Unary) -> Unary:
+    @functools.wraps(handler)
+    async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        try:
+            return await handler(raw, context)
+        except RuntimeServingError as exc:
+            await context.abort(STATUS_BY_CODE[exc.code], exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("unhandled error in %s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapped
+
+
+# ---- decoding -----------------------------------------------------------------------------------
+
+
+def _param_value(param: pb.InferParameter) -> Any:
+    choice = param.WhichOneof("parameter_choice")
+    return getattr(param, choice) if choice else None
+
+
+def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
+    raw_contents = request.raw_input_contents
+    if raw_contents and len(raw_contents) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw_contents)} entries for {len(request.inputs)} inputs; "
+            "give one per input, or none"
+        )
+    inputs: dict[str, Array] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} appears twice")
+        if raw_contents:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input {name!r} has both contents and raw_input_contents")
+            inputs[name] = array_from_raw(raw_contents[index], tensor.datatype, tensor.shape, name)
+        else:
+            inputs[name] = _array_from_contents(tensor, name)
+    requested = [
+        RequestedOutput(
+            output.name,
+            classification=int(_param_value(output.parameters["classification"]) or 0)
+            if "classification" in output.parameters
+            else 0,
+        )
+        for output in request.outputs
+    ]
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        inputs=inputs,
+        requested_outputs=requested or None,
+        id=request.id,
+        parameters={key: _param_value(value) for key, value in request.parameters.items()},
+        deadline=deadline,
+    )
+
+
+def _array_from_contents(tensor: pb.ModelInferRequest.InferInputTensor, name: str) -> Array:
+    shape = check_shape(tensor.shape, name)
+    dtype = numpy_dtype(tensor.datatype, name)
+    field = CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInput(f"input {name!r}: datatype {tensor.datatype} can only be sent as raw_input_contents")
+    values = getattr(tensor.contents, field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input {name!r}: {len(values)} values in contents.{field}, but shape {list(shape)} needs {count}"
+        )
+    if tensor.datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    source = np.asarray(values)
+    if dtype.kind in "iu" and source.size:
+        info = np.iinfo(dtype)
+        if source.min() < info.min or source.max() > info.max:
+            raise InvalidInput(f"input {name!r}: a value in contents.{field} is out of range for {tensor.datatype}")
+    return source.astype(dtype, copy=False).reshape(shape)
+
+
+# ---- encoding -----------------------------------------------------------------------------------
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    for name, array in response.outputs.items():
+        message.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        message.raw_output_contents.append(raw_from_array(array))
+    return message
+
+
+def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+
+
+# ---- the service --------------------------------------------------------------------------------
+
+
+class InferenceService:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @answers_errors
+    async def ServerLive(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        parse(pb.ServerLiveRequest, raw)
+        return pb.ServerLiveResponse(live=self.engine.live())
+
+    @answers_errors
+    async def ServerReady(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        parse(pb.ServerReadyRequest, raw)
+        return pb.ServerReadyResponse(ready=self.engine.ready())
+
+    @answers_errors
+    async def ModelReady(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        request = parse(pb.ModelReadyRequest, raw)
+        return pb.ModelReadyResponse(ready=self.engine.model_ready(request.name, request.version))
+
+    @answers_errors
+    async def ServerMetadata(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        parse(pb.ServerMetadataRequest, raw)
+        name, version, extensions = self.engine.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+    @answers_errors
+    async def ModelMetadata(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        request = parse(pb.ModelMetadataRequest, raw)
+        meta = self.engine.model_metadata(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=[_tensor_metadata(t) for t in meta.inputs],
+            outputs=[_tensor_metadata(t) for t in meta.outputs],
+        )
+
+    @answers_errors
+    async def ModelConfig(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        request = parse(pb.ModelConfigRequest, raw)
+        return pb.ModelConfigResponse(config=self.engine.model_config(request.name, request.version))
+
+    @answers_errors
+    async def ModelInfer(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        request = parse(pb.ModelInferRequest, raw)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        response = await self.engine.infer(decode_infer_request(request, deadline))
+        return encode_infer_response(response)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request of the stream is answered as soon as it is done; errors travel in the stream."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def answer(raw: bytes) -> None:
+            try:
+                request = parse(pb.ModelInferRequest, raw)
+                response = await self.engine.infer(decode_infer_request(request, None))
+                await answers.put(pb.ModelStreamInferResponse(infer_response=encode_infer_response(response)))
+            except RuntimeServingError as exc:
+                await answers.put(pb.ModelStreamInferResponse(error_message=exc.message))
+            except Exception as exc:
+                log.exception("unhandled error in ModelStreamInfer")
+                await answers.put(pb.ModelStreamInferResponse(error_message=f"internal error: {exc}"))
+
+        async def read_all() -> None:
+            async for raw in requests:
+                task = asyncio.get_running_loop().create_task(answer(raw))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:
+                await asyncio.gather(*list(pending))
+            await answers.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read_all())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+
+def _generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
+    serialize = lambda message: message.SerializeToString()  # noqa: E731
+    unary = {
+        name: grpc.unary_unary_rpc_method_handler(getattr(service, name), response_serializer=serialize)
+        for name in (
+            "ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
+            "ModelMetadata", "ModelConfig", "ModelInfer",
+        )
+    }
+    unary["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        service.ModelStreamInfer, response_serializer=serialize
+    )
+    return grpc.method_handlers_generic_handler(SERVICE, unary)
+
+
+class GrpcServer:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        limit = settings.max_request_bytes
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),
+                # Idle or stalled connections cannot pin resources forever.
+                ("grpc.max_connection_idle_ms", 5 * 60 * 1000),
+                ("grpc.keepalive_time_ms", 60 * 1000),
+                ("grpc.keepalive_timeout_ms", 20 * 1000),
+            ],
+        )
+        self._server.add_generic_rpc_handlers((_generic_handler(InferenceService(engine)),))
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        host = settings.grpc_address
+        address = f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC to {address}")
+
+    async def start(self) -> None:
+        await self._server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def set_not_serving(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE):
+            result = self.health.set(service, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def stop(self, grace_s: float) -> None:
+        await self._server.stop(grace_s)

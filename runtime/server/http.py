@@ -1,0 +1,388 @@
+"""KServe V2 over HTTP/REST (Starlette on uvicorn): JSON and the binary tensor extension.
+
+A thin adapter: decode to `InferRequest`, call the engine, encode the `InferResponse`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gzip
+import logging
+import socket
+import zlib
+from typing import Any, Awaitable, Callable, Iterator
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from runtime import codec
+from runtime.config import Settings
+from runtime.engine import Engine
+from runtime.errors import Code, InvalidInput, PayloadTooLarge, RuntimeServingError
+from runtime.repository.model_config import config_to_json
+from runtime.tensors import array_from_json, array_from_raw, raw_from_array
+from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
+
+log = logging.getLogger(__name__)
+
+HEADER_LENGTH = "inference-header-content-length"
+STATUS_BY_CODE = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.UNAUTHENTICATED: 401,
+    Code.PERMISSION_DENIED: 403,
+    Code.NOT_FOUND: 404,
+    Code.FAILED_PRECONDITION: 409,
+    Code.TOO_LARGE: 413,
+    Code.CANCELLED: 499,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.RESOURCE_EXHAUSTED: 503,
+    Code.DEADLINE_EXCEEDED: 504,
+}
+_JSON = "application/json"
+_NUMPY_JSON = orjson.OPT_SERIALIZE_NUMPY
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(status: int, message: str) -> Response:
+    # Both tritonclients parse {"error": "..."} out of any non-200 answer.
+    return Response(orjson.dumps({"error": message}), status_code=status, media_type=_JSON)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload, option=_NUMPY_JSON), status_code=status, media_type=_JSON)
+
+
+def answers_errors(handler: Handler) -> Handler:
+    """Map core errors to HTTP statuses; anything unexpected is a 500 that names the failure."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except RuntimeServingError as exc:
+            return error_response(STATUS_BY_CODE[exc.code], exc.message)
+        except Exception as exc:  # never let one request take the server down
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    return wrapped
+
+
+# ---- request decoding ---------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        body = _decompress(body, encoding, limit)
+    elif encoding not in ("", "identity"):
+        raise InvalidInput(f"unsupported Content-Encoding {encoding!r} (use gzip or deflate)")
+    return body
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"request body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit or decompressor.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    return data
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
+    """The JSON header as an object, and the binary section after it (empty without the extension)."""
+    if header_length is None:
+        json_part, binary = body, memoryview(b"")
+    else:
+        if not header_length.isdigit():
+            raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a non-negative integer")
+        length = int(header_length)
+        if length > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {length} is past the end of the {len(body)}-byte body"
+            )
+        view = memoryview(body)
+        json_part, binary = view[:length], view[length:]
+    try:
+        return orjson.loads(json_part), binary
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in request body: {exc}") from None
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InvalidInput(f"{what} must be a JSON {_JSON_NAMES.get(names, names)}")
+    return value
+
+
+_JSON_NAMES = {"dict": "object", "list": "array", "str": "string", "int": "integer", "bool": "boolean"}
+
+
+def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str) -> InferRequest:
+    _expect(doc, dict, "the request body")
+    raw_inputs = _expect(doc.get("inputs"), list, "'inputs'")
+    offset = 0
+    inputs: dict[str, Array] = {}
+    for position, raw in enumerate(raw_inputs):
+        _expect(raw, dict, f"inputs[{position}]")
+        name = _expect(raw.get("name"), str, f"inputs[{position}].name")
+        datatype = _expect(raw.get("datatype"), str, f"input {name!r}: 'datatype'")
+        shape = _expect(raw.get("shape"), list, f"input {name!r}: 'shape'")
+        for dim in shape:
+            _expect(dim, int, f"input {name!r}: every 'shape' entry")
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} appears twice")
+        params = _expect(raw.get("parameters", {}), dict, f"input {name!r}: 'parameters'")
+        size = params.get("binary_data_size")
+        if size is not None:
+            _expect(size, int, f"input {name!r}: binary_data_size")
+            if size < 0 or offset + size > len(binary):
+                raise InvalidInput(
+                    f"input {name!r}: binary_data_size {size} at offset {offset} runs past the "
+                    f"{len(binary)} bytes of binary data"
+                )
+            inputs[name] = array_from_raw(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        elif "data" in raw:
+            inputs[name] = array_from_json(raw["data"], datatype, shape, name)
+        else:
+            raise InvalidInput(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the last input's data")
+
+    params = _expect(doc.get("parameters", {}), dict, "'parameters'")
+    default_binary = params.get("binary_data_output")
+    requested: list[RequestedOutput] | None = None
+    if "outputs" in doc:
+        requested = []
+        for position, raw in enumerate(_expect(doc["outputs"], list, "'outputs'")):
+            _expect(raw, dict, f"outputs[{position}]")
+            name = _expect(raw.get("name"), str, f"outputs[{position}].name")
+            out_params = _expect(raw.get("parameters", {}), dict, f"output {name!r}: 'parameters'")
+            binary_flag = out_params.get("binary_data", default_binary)
+            classification = out_params.get("classification", 0)
+            requested.append(RequestedOutput(name, bool(binary_flag) if binary_flag is not None else None, classification))
+    request_id = doc.get("id", "")
+    return InferRequest(
+        model_name=model,
+        model_version=version,
+        inputs=inputs,
+        requested_outputs=requested,
+        id=str(request_id),
+        parameters={k: v for k, v in params.items() if k != "binary_data_output"} | (
+            {"binary_data_output": bool(default_binary)} if default_binary is not None else {}
+        ),
+    )
+
+
+# ---- response encoding --------------------------------------------------------------------------
+
+
+def encode_infer_response(response: InferResponse, default_binary: bool) -> Response:
+    wanted = {o.name: o for o in response.requested_outputs or ()}
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array in response.outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        requested = wanted.get(name)
+        binary = requested.binary if requested is not None and requested.binary is not None else default_binary
+        if binary:
+            raw = raw_from_array(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        elif array.dtype.kind in "OSU":
+            entry["data"] = codec.array_to_json(array)
+        else:
+            entry["data"] = array.ravel()
+        entries.append(entry)
+    header: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        header["id"] = response.id
+    header["outputs"] = entries
+    payload = orjson.dumps(header, option=_NUMPY_JSON)
+    if not blobs:
+        return Response(payload, media_type=_JSON)
+    return Response(
+        b"".join([payload, *blobs]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(payload))},
+    )
+
+
+def tensor_json(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+# ---- the app ----------------------------------------------------------------------------------
+
+
+def build_app(engine: Engine, settings: Settings) -> Starlette:
+    limit = settings.max_request_bytes
+
+    async def live(request: Request) -> Response:
+        return Response(status_code=200 if engine.live() else 503)
+
+    async def ready(request: Request) -> Response:
+        return Response(status_code=200 if engine.ready() else 503)
+
+    @answers_errors
+    async def server_metadata(request: Request) -> Response:
+        name, version, extensions = engine.server_metadata()
+        return json_response({"name": name, "version": version, "extensions": extensions})
+
+    @answers_errors
+    async def model_metadata(request: Request) -> Response:
+        model, version = _model_and_version(request)
+        meta = engine.model_metadata(model, version)
+        return json_response(
+            {
+                "name": meta.name,
+                "versions": meta.versions,
+                "platform": meta.platform,
+                "inputs": [tensor_json(t) for t in meta.inputs],
+                "outputs": [tensor_json(t) for t in meta.outputs],
+                "parameters": {"execution_providers": ",".join(meta.execution_providers)},
+            }
+        )
+
+    @answers_errors
+    async def model_ready(request: Request) -> Response:
+        model, version = _model_and_version(request)
+        engine.registry.record(model, version)  # 404 for unknown models and versions
+        return Response(status_code=200 if engine.model_ready(model, version) else 503)
+
+    @answers_errors
+    async def model_config(request: Request) -> Response:
+        model, version = _model_and_version(request)
+        return json_response(config_to_json(engine.model_config(model, version)))
+
+    @answers_errors
+    async def infer(request: Request) -> Response:
+        model, version = _model_and_version(request)
+        body = await read_body(request, limit)
+        doc, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        infer_request = decode_infer_request(doc, binary, model, version)
+        default_binary = bool(infer_request.parameters.pop("binary_data_output", False))
+        with _cancelled_on_disconnect(request):
+            response = await engine.infer(infer_request)
+        return encode_infer_response(response, default_binary)
+
+    model_routes = [
+        ("", model_metadata, ["GET"]),
+        ("/ready", model_ready, ["GET"]),
+        ("/config", model_config, ["GET"]),
+        ("/infer", infer, ["POST"]),
+    ]
+    routes = [
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+    ]
+    for suffix, handler, methods in model_routes:
+        routes.append(Route("/v2/models/{model}" + suffix, handler, methods=methods))
+        routes.append(Route("/v2/models/{model}/versions/{version}" + suffix, handler, methods=methods))
+    return Starlette(routes=routes)
+
+
+def _model_and_version(request: Request) -> tuple[str, str]:
+    params = request.path_params
+    return params["model"], params.get("version", "")
+
+
+@contextlib.contextmanager
+def _cancelled_on_disconnect(request: Request) -> Iterator[None]:
+    """Cancel the handler if the client goes away, so its request leaves the queue unserved."""
+    handler = asyncio.current_task()
+    assert handler is not None
+
+    async def watch() -> None:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            handler.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
+# ---- serving ------------------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the app's shutdown sequence owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class AsgiServer:
+    """One ASGI app served by uvicorn on its own socket, inside the running event loop."""
+
+    def __init__(self, app: Any, address: str, port: int, settings: Settings) -> None:
+        self._socket = _bind(address, port)
+        self.port: int = self._socket.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_keep_alive=int(settings.http_keep_alive_timeout_secs),
+            timeout_graceful_shutdown=int(settings.exit_timeout_secs),
+            h11_max_incomplete_event_size=64 * 1024,
+        )
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._socket]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (uvicorn waits for them), then close."""
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+
+def http_server(engine: Engine, settings: Settings) -> AsgiServer:
+    return AsgiServer(build_app(engine, settings), settings.http_address, settings.http_port, settings)
+
+
+def _bind(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,64 @@
+"""Raw tensor bytes <-> numpy arrays, shared by the HTTP binary extension and gRPC raw contents."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from runtime import codec
+from runtime.errors import InvalidInput
+from runtime.types import DATATYPE_TO_NUMPY, Array
+
+
+def element_count(shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def numpy_dtype(datatype: str, tensor: str) -> np.dtype:  # type: ignore[type-arg]
+    try:
+        return DATATYPE_TO_NUMPY[datatype]
+    except KeyError:
+        known = ", ".join(DATATYPE_TO_NUMPY)
+        raise InvalidInput(f"input {tensor!r}: unknown datatype {datatype!r} (one of {known})") from None
+
+
+def check_shape(shape: Sequence[int], tensor: str) -> tuple[int, ...]:
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input {tensor!r}: shape {list(shape)} has a negative dimension")
+    return tuple(int(dim) for dim in shape)
+
+
+def array_from_raw(raw: bytes | memoryview, datatype: str, shape: Sequence[int], tensor: str) -> Array:
+    """An array viewing `raw` (no copy for fixed-size types), checked against shape x datatype."""
+    dims = check_shape(shape, tensor)
+    dtype = numpy_dtype(datatype, tensor)
+    count = element_count(dims)
+    if datatype == "BYTES":
+        try:
+            return codec.decode_bytes(raw, count).reshape(dims)
+        except codec.CodecError as exc:
+            raise InvalidInput(f"input {tensor!r}: BYTES data is malformed: {exc}") from None
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"input {tensor!r}: {len(raw)} bytes of data, but shape {list(dims)} of {datatype} needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(dims)
+
+
+def array_from_json(data: object, datatype: str, shape: Sequence[int], tensor: str) -> Array:
+    dims = check_shape(shape, tensor)
+    dtype = numpy_dtype(datatype, tensor)
+    try:
+        return codec.json_to_array(data, dtype, element_count(dims)).reshape(dims)
+    except codec.CodecError as exc:
+        raise InvalidInput(f"input {tensor!r}: {exc}") from None
+
+
+def raw_from_array(array: Array) -> bytes:
+    if array.dtype.kind in "OSU":
+        return codec.encode_bytes(array)
+    return np.ascontiguousarray(array).tobytes()

@@ -1,0 +1,89 @@
+"""Check a decoded request against the model's inputs before it may join a batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Sequence
+
+from runtime.errors import InvalidInput
+from runtime.types import Array, RequestedOutput, TensorSpec, datatype_of
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    inputs: dict[str, Array]  # in the model's input order
+    rows: int  # batch rows this request contributes (1 for models without a batch dim)
+    group: Hashable  # requests merge into one batch only when their groups are equal
+    output_names: list[str]
+
+
+def validate_request(
+    label: str,
+    specs: Sequence[TensorSpec],
+    output_specs: Sequence[TensorSpec],
+    max_batch_size: int,
+    inputs: dict[str, Array],
+    requested: list[RequestedOutput] | None,
+    optional: frozenset[str] = frozenset(),
+) -> Validated:
+    """`label` names the model and version in every message, e.g. "model 'mlp' version 1"."""
+    by_name = {spec.name: spec for spec in specs}
+    extra = [name for name in inputs if name not in by_name]
+    if extra:
+        raise InvalidInput(
+            f"{label}: unexpected input {extra[0]!r}; the model's inputs are {', '.join(by_name)}"
+        )
+    missing = [spec.name for spec in specs if spec.name not in inputs and spec.name not in optional]
+    if missing:
+        raise InvalidInput(f"{label}: missing input {missing[0]!r} (expects {', '.join(by_name)})")
+
+    ordered: dict[str, Array] = {}
+    rows: int | None = None
+    group: list[object] = []
+    for spec in specs:
+        array = inputs.get(spec.name)
+        if array is None:
+            continue
+        actual_type = datatype_of(array)
+        if actual_type != spec.datatype:
+            raise InvalidInput(
+                f"{label}: input {spec.name!r} has datatype {actual_type}, but the model expects {spec.datatype}"
+            )
+        shape = tuple(array.shape)
+        if not _shape_matches(shape, spec.shape):
+            raise InvalidInput(
+                f"{label}: input {spec.name!r} has shape {list(shape)}, but the model expects {_describe(spec.shape)}"
+            )
+        if max_batch_size > 0:
+            batch = shape[0]
+            if batch < 1 or batch > max_batch_size:
+                raise InvalidInput(
+                    f"{label}: input {spec.name!r} has batch size {batch}; it must be between 1 and "
+                    f"max_batch_size {max_batch_size}"
+                )
+            if rows is not None and batch != rows:
+                raise InvalidInput(
+                    f"{label}: inputs disagree on the batch size ({rows} vs {batch} for {spec.name!r})"
+                )
+            rows = batch
+            group.append(shape[1:])
+        else:
+            group.append(shape)
+        ordered[spec.name] = array
+
+    output_names = [spec.name for spec in output_specs]
+    if requested:
+        known = set(output_names)
+        for output in requested:
+            if output.name not in known:
+                raise InvalidInput(
+                    f"{label}: unknown output {output.name!r} requested; the model's outputs are {', '.join(output_names)}"
+                )
+    return Validated(ordered, rows or 1, tuple(group), output_names)
+
+
+def _shape_matches(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    return len(shape) == len(expected) and all(e == -1 or s == e for s, e in zip(shape, expected))
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join("-1" if d == -1 else str(d) for d in shape) + "] (-1: any size)"

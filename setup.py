@@ -1,0 +1,104 @@
+"""Build steps pyproject.toml cannot express: Cython extensions and gRPC code generation.
+
+RUNTIME_NO_EXTENSIONS=1 builds a pure-Python install (the numpy twins serve).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from setuptools import Command, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.develop import develop
+
+ROOT = Path(__file__).parent.resolve()
+PROTO_DIR = ROOT / "protos"
+PB_OUT = ROOT / "runtime" / "server" / "_pb"
+
+
+def generate_protos() -> None:
+    """Compile protos/*.proto into runtime/server/_pb (imports made package-relative)."""
+    from grpc_tools import protoc
+    import grpc_tools
+
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    protos = sorted(PROTO_DIR.glob("*.proto"))
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={PB_OUT}",
+        f"--pyi_out={PB_OUT}",
+        f"--grpc_python_out={PB_OUT}",
+        *map(str, protos),
+    ]
+    if protoc.main(args) != 0:
+        raise RuntimeError("protoc failed on " + ", ".join(p.name for p in protos))
+    stems = [p.stem for p in protos]
+    # protoc emits absolute imports ("import model_config_pb2"); our modules live in a package.
+    for generated in PB_OUT.glob("*_pb2*.py*"):
+        text = generated.read_text()
+        # Register into the package's private pool (see runtime/server/_pb/__init__.py).
+        if "_descriptor_pool.Default().AddSerializedFile(" in text:
+            text = text.replace("_descriptor_pool.Default().AddSerializedFile(", "_POOL.AddSerializedFile(")
+            text = text.replace(
+                "from google.protobuf.internal import builder as _builder\n",
+                "from google.protobuf.internal import builder as _builder\nfrom . import POOL as _POOL\n",
+                1,
+            )
+        for stem in stems:
+            text = text.replace(f"\nimport {stem}_pb2 as", f"\nfrom . import {stem}_pb2 as")
+            text = text.replace(f"\nimport {stem}_pb2\n", f"\nfrom . import {stem}_pb2\n")
+        generated.write_text(text)
+
+
+class GenerateProtos(Command):
+    description = "generate gRPC/protobuf modules from protos/"
+    user_options: list[tuple[str, str | None, str]] = []
+
+    def initialize_options(self) -> None:
+        pass
+
+    def finalize_options(self) -> None:
+        pass
+
+    def run(self) -> None:
+        generate_protos()
+
+
+class BuildPy(build_py):
+    def run(self) -> None:
+        generate_protos()
+        super().run()
+
+
+class Develop(develop):
+    def run(self) -> None:
+        generate_protos()
+        super().run()
+
+
+def extensions() -> list:
+    if os.environ.get("RUNTIME_NO_EXTENSIONS") == "1":
+        return []
+    import numpy
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    modules = [
+        Extension(
+            f"runtime.codec._{pyx.stem}",
+            [str(pyx.relative_to(ROOT))],
+            include_dirs=[numpy.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            extra_compile_args=["-O3"],
+        )
+        for pyx in sorted((ROOT / "csrc").glob("*.pyx"))
+    ]
+    return cythonize(modules, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_py": BuildPy, "develop": Develop, "generate_protos": GenerateProtos},
+)
