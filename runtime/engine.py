@@ -89,6 +89,7 @@ class Engine:
             request.requested_outputs,
             served.optional_inputs,
         )
+        validated = served.prepare(validated)
         priority, timeout_s = _scheduling(request, served)
         started = time.perf_counter_ns()
         try:

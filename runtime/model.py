@@ -122,6 +122,12 @@ class ServedModel:
     def max_batch_size(self) -> int:
         return int(self.config.max_batch_size)
 
+    def prepare(self, request: Validated) -> Validated:
+        """Backend-specific input conversion, per request, so bad data never reaches a batch."""
+        prepare = self.backend.prepare_input
+        converted = {name: prepare(name, array) for name, array in request.inputs.items()}
+        return Validated(converted, request.rows, request.group, request.output_names)
+
     async def infer(self, request: Validated, priority: int = 0, timeout_s: float | None = None) -> Outputs:
         return await self.queue.submit(request, request.rows, request.group, priority, timeout_s)
 

@@ -15,6 +15,10 @@ class Backend(Protocol):
     @property
     def instance_count(self) -> int: ...
 
+    def prepare_input(self, name: str, array: Array) -> Array:
+        """Per-request conversion to what the backend executes on (may raise InvalidInput)."""
+        ...
+
     def run(self, instance: int, inputs: dict[str, Array], output_names: list[str]) -> dict[str, Array]:
         """Execute one batch on one instance; thread-safe across distinct instances."""
         ...

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from runtime.errors import ExecutionError, ModelLoadError
+from runtime.errors import ExecutionError, InvalidInput, ModelLoadError
 from runtime.types import Array
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class SessionSpec:
     """Everything needed to open the sessions of one model version."""
 
     model_path: Path
-    device: str  # "cuda" or "cpu"
+    device: str  # "cuda" (required), "auto" (CUDA if it starts, else CPU) or "cpu"
     gpu_ids: tuple[int, ...] = (0,)
     instance_count: int = 1
     intra_op_threads: int = 1
@@ -53,7 +53,7 @@ class OnnxBackend:
     def __init__(self, spec: SessionSpec) -> None:
         self._spec = spec
         self._sessions: list[ort.InferenceSession] = []
-        self._use_io_binding = spec.device == "cuda"
+        self._use_io_binding = False
         try:
             for index in range(spec.instance_count):
                 self._sessions.append(self._open(index))
@@ -61,9 +61,16 @@ class OnnxBackend:
             self.close()
             raise
         self._providers = list(self._sessions[0].get_providers())
-        if spec.device == "cuda" and CUDA not in self._providers:
-            self.close()
-            raise ModelLoadError(f"{spec.model_path}: CUDA was asked for but ONNX Runtime fell back to {self._providers}")
+        if CUDA not in self._providers:
+            if spec.device == "cuda":
+                self.close()
+                raise ModelLoadError(
+                    f"{spec.model_path}: the CUDA execution provider was required but ONNX Runtime could not "
+                    f"start it (no GPU, or CUDA/cuDNN libraries missing); it offered {self._providers}"
+                )
+            if spec.device == "auto":
+                log.warning("%s: CUDA is not usable here; running on CPU", spec.model_path)
+        self._use_io_binding = CUDA in self._providers
         log.info(
             "opened %s: %d instance(s) on %s, intra_op_threads=%d",
             spec.model_path, spec.instance_count, ",".join(self._providers), spec.intra_op_threads,
@@ -83,7 +90,7 @@ class OnnxBackend:
         for key, value in spec.extra_session_config.items():
             options.add_session_config_entry(key, value)
         providers: list[Any]
-        if spec.device == "cuda":
+        if spec.device in ("cuda", "auto"):
             gpu = spec.gpu_ids[index % len(spec.gpu_ids)]
             cuda_options = {
                 "device_id": gpu,
@@ -108,6 +115,24 @@ class OnnxBackend:
     @property
     def instance_count(self) -> int:
         return len(self._sessions)
+
+    def prepare_input(self, name: str, array: Array) -> Array:
+        """Make a validated input what ONNX Runtime needs; runs per request, before batching.
+
+        ORT string tensors want `str` objects: given `bytes` it would silently store their repr.
+        """
+        if array.dtype != object:
+            return array
+        try:
+            return np.array(
+                [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in array.ravel()],
+                dtype=object,
+            ).reshape(array.shape)
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"input {name!r}: BYTES element is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                "ONNX string tensors hold text"
+            ) from None
 
     def run(self, instance: int, inputs: dict[str, Array], output_names: list[str]) -> dict[str, Array]:
         session = self._sessions[instance]

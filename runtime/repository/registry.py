@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.onnx import OnnxBackend, SessionSpec, cuda_available, default_intra_op_threads
+from runtime.backends.onnx import CUDA, OnnxBackend, SessionSpec, cuda_available, default_intra_op_threads
 from runtime.config import Settings
 from runtime.errors import InvalidInput, ModelLoadError, ModelNotFound, Unavailable
 from runtime.model import ModelState, ServedModel
@@ -112,8 +112,8 @@ class ModelRegistry:
             auto_complete=not settings.disable_auto_complete_config,
         )
         spec = self._session_spec(config, model_path)
-        _record_instance_groups(config, spec.device)
         backend = OnnxBackend(spec)
+        _record_instance_groups(config, "cuda" if CUDA in backend.providers else "cpu")
         served = ServedModel(config, version, backend, settings.default_max_queue_size)
         try:
             _warm_up(served, model_dir.path)
@@ -138,7 +138,8 @@ class ModelRegistry:
         elif kinds == {mc.ModelInstanceGroup.KIND_CPU} or settings.execution_provider == "cpu":
             device = "cpu"
         else:
-            device = "cuda" if cuda_available() else "cpu"
+            # onnxruntime-gpu lists CUDA even where no GPU is usable; the session start tells.
+            device = "auto" if cuda_available() else "cpu"
         gpus = tuple(g for group in config.instance_group for g in group.gpus) or (settings.gpu_device_id,)
         instances = mcfg.instance_count(config)
         accelerators = config.optimization.execution_accelerators

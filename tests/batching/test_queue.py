@@ -1,0 +1,210 @@
+"""The batcher through its public API, with run_batch gated by asyncio events."""
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+import pytest
+
+from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
+from runtime.errors import QueueFull, RequestTimeout, Unavailable
+
+
+class Recorder:
+    """A run_batch that records each batch's payloads and can be held shut."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.started = asyncio.Event()
+        self.fail_next = False
+        self.running = 0
+        self.max_running = 0
+
+    async def __call__(self, instance: int, items: Sequence[Pending[str, str]]) -> list[str]:
+        self.batches.append([item.payload for item in items])
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        self.started.set()
+        try:
+            await self.gate.wait()
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeError("batch exploded")
+            return [f"done:{item.payload}" for item in items]
+        finally:
+            self.running -= 1
+
+
+def policy(**overrides: object) -> BatchPolicy:
+    values: dict[str, object] = dict(max_batch_rows=8, max_delay_s=0.05, concurrency=1)
+    values.update(overrides)
+    return BatchPolicy(**values)  # type: ignore[arg-type]
+
+
+async def test_concurrent_requests_share_one_batch() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(), recorder)
+    results = await asyncio.gather(*(queue.submit(f"r{i}", 1) for i in range(5)))
+    assert results == [f"done:r{i}" for i in range(5)]
+    assert recorder.batches == [["r0", "r1", "r2", "r3", "r4"]]
+
+
+async def test_batch_never_exceeds_max_rows() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_batch_rows=4), recorder)
+    await asyncio.gather(*(queue.submit(f"r{i}", 2) for i in range(5)))
+    assert [len(batch) for batch in recorder.batches] == [2, 2, 1]
+
+
+async def test_lone_request_waits_for_the_window_then_runs() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=0.05), recorder)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await queue.submit("only", 1) == "done:only"
+    assert loop.time() - started >= 0.045
+
+
+async def test_preferred_size_dispatches_before_the_window() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=5.0, preferred_rows=(2,)), recorder)
+    results = await asyncio.wait_for(asyncio.gather(queue.submit("a", 1), queue.submit("b", 1)), 2.0)
+    assert results == ["done:a", "done:b"]
+
+
+async def test_different_groups_are_never_merged() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=0.02), recorder)
+    await asyncio.gather(
+        queue.submit("a1", 1, group=(4,)), queue.submit("b1", 1, group=(8,)), queue.submit("a2", 1, group=(4,))
+    )
+    assert sorted(map(sorted, recorder.batches)) == [["a1", "a2"], ["b1"]]
+
+
+async def test_without_batching_each_request_runs_alone() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_batch_rows=0, concurrency=2), recorder)
+    await asyncio.gather(*(queue.submit(f"r{i}", 3) for i in range(4)))
+    assert sorted(recorder.batches) == [["r0"], ["r1"], ["r2"], ["r3"]]
+    assert recorder.max_running <= 2
+
+
+async def test_full_queue_rejects_at_once() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    queue: BatchQueue[str, str] = BatchQueue(
+        "m", policy(max_batch_rows=0, levels=(LevelPolicy(max_queue_size=2),)), recorder
+    )
+    running = asyncio.ensure_future(queue.submit("running", 1))
+    await recorder.started.wait()
+    waiting = [asyncio.ensure_future(queue.submit(f"w{i}", 1)) for i in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull, match="queue is full"):
+        await queue.submit("one too many", 1)
+    recorder.gate.set()
+    assert await running == "done:running"
+    assert await asyncio.gather(*waiting) == ["done:w0", "done:w1"]
+
+
+async def test_timeout_while_queued_rejects_and_never_runs() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_batch_rows=0), recorder)
+    running = asyncio.ensure_future(queue.submit("running", 1))
+    await recorder.started.wait()
+    with pytest.raises(RequestTimeout, match="timed out"):
+        await queue.submit("late", 1, timeout_s=0.02)
+    recorder.gate.set()
+    await running
+    await queue.drain()
+    assert ["late"] not in recorder.batches
+
+
+async def test_delay_action_keeps_timed_out_requests_after_the_rest() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    level = LevelPolicy(max_queue_size=10, timeout_action=TimeoutAction.DELAY)
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_batch_rows=0, levels=(level,)), recorder)
+    running = asyncio.ensure_future(queue.submit("running", 1))
+    await recorder.started.wait()
+    delayed = asyncio.ensure_future(queue.submit("delayed", 1, timeout_s=0.01))
+    await asyncio.sleep(0.05)
+    fresh = asyncio.ensure_future(queue.submit("fresh", 1))
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    assert await delayed == "done:delayed"
+    await asyncio.gather(running, fresh)
+    assert recorder.batches.index(["fresh"]) < recorder.batches.index(["delayed"])
+
+
+async def test_cancelled_request_leaves_the_queue_unexecuted() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_batch_rows=0), recorder)
+    running = asyncio.ensure_future(queue.submit("running", 1))
+    await recorder.started.wait()
+    abandoned = asyncio.ensure_future(queue.submit("abandoned", 1))
+    await asyncio.sleep(0)
+    assert queue.stats.queued == 1
+    abandoned.cancel()
+    await asyncio.sleep(0)
+    assert queue.stats.queued == 0
+    recorder.gate.set()
+    await running
+    await queue.drain()
+    assert recorder.batches == [["running"]]
+
+
+async def test_higher_priority_goes_first() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    levels = (LevelPolicy(max_queue_size=10), LevelPolicy(max_queue_size=10))
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_batch_rows=0, levels=levels, default_level=1), recorder)
+    running = asyncio.ensure_future(queue.submit("running", 1))
+    await recorder.started.wait()
+    low = asyncio.ensure_future(queue.submit("low", 1))
+    await asyncio.sleep(0)
+    high = asyncio.ensure_future(queue.submit("high", 1, priority=1))
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    await asyncio.gather(running, low, high)
+    assert recorder.batches == [["running"], ["high"], ["low"]]
+
+
+async def test_failing_batch_fails_its_requests_and_the_next_batch_runs() -> None:
+    recorder = Recorder()
+    recorder.fail_next = True
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=0.01), recorder)
+    outcomes = await asyncio.gather(queue.submit("a", 1), queue.submit("b", 1), return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert await queue.submit("c", 1) == "done:c"
+
+
+async def test_concurrency_is_capped_by_instances() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_batch_rows=0, concurrency=3), recorder)
+    recorder.gate.clear()
+    tasks = [asyncio.ensure_future(queue.submit(f"r{i}", 1)) for i in range(10)]
+    await asyncio.sleep(0.05)
+    assert recorder.running == 3
+    recorder.gate.set()
+    await asyncio.gather(*tasks)
+    assert recorder.max_running == 3
+
+
+async def test_close_drains_then_refuses() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_batch_rows=0), recorder)
+    tasks = [asyncio.ensure_future(queue.submit(f"r{i}", 1)) for i in range(3)]
+    await recorder.started.wait()
+    closing = asyncio.ensure_future(queue.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    recorder.gate.set()
+    await closing
+    assert [t.result() for t in tasks] == ["done:r0", "done:r1", "done:r2"]
+    with pytest.raises(Unavailable, match="shutting down"):
+        await queue.submit("after", 1)

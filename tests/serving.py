@@ -1,0 +1,103 @@
+"""Start a real model-runtime server in its own process, on ephemeral ports, for tests and benchmarks.
+
+The server binds port 0 itself and reports the ports it got through --ports-file, so there is
+no pick-a-free-port-then-close race. Its own process also keeps its protobuf registrations
+apart from tritonclient's.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"server did not stop within {timeout_s}s on SIGTERM; log:\n{self.log()[-4000:]}")
+
+
+def start_server(
+    repository: Path | None,
+    work_dir: Path,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    startup_timeout_s: float = 90.0,
+) -> RunningServer:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ports_file = work_dir / "ports.json"
+    ports_file.unlink(missing_ok=True)
+    log_path = work_dir / "server.log"
+    args = [
+        sys.executable, "-m", "runtime", "serve",
+        "--http-address", "127.0.0.1", "--http-port", "0",
+        "--grpc-address", "127.0.0.1", "--grpc-port", "0",
+        "--metrics-address", "127.0.0.1", "--metrics-port", "0",
+        "--ports-file", str(ports_file),
+        "--exit-timeout-secs", "20",
+    ]
+    if repository is not None:
+        args += ["--model-repository", str(repository)]
+    else:
+        args += ["--example-repository", str(work_dir / "examples")]
+    args += list(extra_args)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=work_dir
+        )
+    deadline = time.monotonic() + startup_timeout_s
+    while not ports_file.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}; log:\n{log_path.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"server did not start in {startup_timeout_s}s; log:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.05)
+    ports = json.loads(ports_file.read_text())
+    return RunningServer(process, ports["http"], ports["grpc"], ports["metrics"], log_path)
+
+
+@contextlib.contextmanager
+def running_server(
+    repository: Path | None, work_dir: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[RunningServer]:
+    server = start_server(repository, work_dir, extra_args, env)
+    try:
+        yield server
+    finally:
+        server.stop()
