@@ -97,6 +97,45 @@ class Settings:
         "Grace period on SIGTERM/SIGINT to drain queued and running requests.", default=30.0
     )
     http_keep_alive_timeout_secs: float = _doc("Idle keep-alive HTTP connections are closed after this.", default=15.0)
+    tls_cert_file: Path | None = _doc("PEM certificate: serve HTTP and gRPC over TLS.", default=None)
+    tls_key_file: Path | None = _doc("PEM private key of --tls-cert-file.", default=None)
+    tls_client_ca_file: Path | None = _doc(
+        "PEM CA bundle: require client certificates signed by it (mutual TLS).", default=None
+    )
+    admin_address: str = _doc("Address of the separate admin port.", default="127.0.0.1")
+    admin_port: int | None = _doc(
+        "Serve the repository (admin) API on this separate HTTP port only, not on the public ports. "
+        "Unset: the admin API is on the HTTP and gRPC ports.",
+        default=None,
+    )
+    admin_token: str | None = _doc(
+        "Bearer token the admin API requires (HTTP 'Authorization: Bearer <token>', gRPC metadata "
+        "'authorization'). Unset: no token is required.",
+        default=None,
+    )
+    model_memory_budget_bytes: int = _doc(
+        "Refuse to load a model version when the estimated memory of all loaded versions would exceed "
+        "this many bytes (0: no budget).",
+        default=0,
+    )
+    http_max_connections: int = _doc(
+        "Most concurrent HTTP connections; beyond it new ones are answered 503.", default=4096
+    )
+    http_header_timeout_secs: float = _doc(
+        "A client must send a request's headers and body within this many seconds (slow clients are cut off).",
+        default=30.0,
+    )
+    metrics_latency_buckets: list[str] = _doc(
+        "Histogram bucket bounds in seconds for latency metrics (comma-separated).",
+        default_factory=lambda: [
+            "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
+            "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10",
+        ],
+    )
+    drift_window: int = _doc("Predictions kept in the sliding window behind each drift score.", default=1000)
+    request_log_sample_rate: float = _doc(
+        "Fraction of requests logged (one line each, JSON with --log-format json); 0 logs none.", default=0.0
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _doc("Log level.", default="info")
     log_format: LogFormat = _doc("Log line format: text, or one JSON object per line.", default="text")
 

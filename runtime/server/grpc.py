@@ -56,7 +56,7 @@ CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 
-Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]
+Unary = Callable[[Any, bytes, grpc.aio.ServicerContext], Awaitable[Message]]
 
 
 def parse(message_type: type[Message], raw: bytes) -> Any:
@@ -67,10 +67,12 @@ def parse(message_type: type[Message], raw: bytes) -> Any:
 
 
 def answers_errors(handler: Unary) -> Unary:
+    """Map core errors to gRPC status codes; anything unexpected is INTERNAL naming the failure."""
+
     @functools.wraps(handler)
-    async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+    async def wrapped(self: Any, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         try:
-            return await handler(raw, context)
+            return await handler(self, raw, context)
         except RuntimeServingError as exc:
             await context.abort(STATUS_BY_CODE[exc.code], exc.message)
         except asyncio.CancelledError:
