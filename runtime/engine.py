@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from runtime import SERVER_NAME, __version__
 from runtime.errors import InvalidInput
 from runtime.model import ModelState, ServedModel
+from runtime.observer import SUCCESS, NullObserver, Observer, outcome_of
 from runtime.repository.model_config import ModelConfig
 from runtime.repository.registry import ModelRegistry, VersionRecord
 from runtime.types import InferRequest, InferResponse, TensorSpec
@@ -30,8 +31,9 @@ class ModelMetadata:
 
 
 class Engine:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, observer: Observer | None = None) -> None:
         self.registry = registry
+        self.observer: Observer = observer or NullObserver()
         self._accepting = True
 
     # ---- health -----------------------------------------------------------------------------
@@ -79,7 +81,18 @@ class Engine:
     # ---- inference --------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        served = self.registry.get(request.model_name, request.model_version)
+        started = time.perf_counter()
+        served: ServedModel | None = None
+        try:
+            served = self.registry.get(request.model_name, request.model_version)
+            response = await self._infer(served, request)
+        except BaseException as error:
+            self.observer.request_finished(request, served, outcome_of(error), time.perf_counter() - started)
+            raise
+        self.observer.request_finished(request, served, SUCCESS, time.perf_counter() - started)
+        return response
+
+    async def _infer(self, served: ServedModel, request: InferRequest) -> InferResponse:
         validated = validate_request(
             served.label,
             served.inputs,

@@ -12,6 +12,7 @@ import numpy as np
 
 from runtime.backends.base import Backend
 from runtime.batching import collate
+from runtime.observer import BatchTiming, NullObserver, Observer
 from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
 from runtime.repository.model_config import ModelConfig, public_inputs, public_outputs
 from runtime.server._pb import model_config_pb2 as mc
@@ -93,6 +94,7 @@ class ServedModel:
         version: int,
         backend: Backend,
         default_max_queue_size: int,
+        observer: Observer | None = None,
     ) -> None:
         self.name = config.name
         self.version = version
@@ -105,6 +107,7 @@ class ServedModel:
         self.output_names = [spec.name for spec in self.outputs]
         self.state = ModelState.READY
         self.stats = ModelStats()
+        self.observer: Observer = observer or NullObserver()
         self._input_reshape = {
             t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")
         }
@@ -145,6 +148,18 @@ class ServedModel:
         results = collate.split(outputs, [item.rows for item in items])
         finished = time.perf_counter_ns()
         self._record_batch(items, prepared - started, ran - prepared, finished - ran)
+        self.observer.batch_executed(
+            self,
+            BatchTiming(
+                rows=sum(item.rows for item in items),
+                queue_seconds=[item.taken_at - item.enqueued_at for item in items],
+                input_seconds=(prepared - started) / 1e9,
+                infer_seconds=(ran - prepared) / 1e9,
+                output_seconds=(finished - ran) / 1e9,
+            ),
+            batch,
+            outputs,
+        )
         return results
 
     def _execute(self, instance: int, batch: dict[str, Array]) -> Outputs:

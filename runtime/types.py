@@ -79,6 +79,7 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     # Seconds on the monotonic clock after which the request is no longer wanted.
     deadline: float | None = None
+    protocol: str = ""  # "http" or "grpc", for metrics and logs
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from runtime.backends.onnx import CUDA, OnnxBackend, SessionSpec, cuda_available
 from runtime.config import Settings
 from runtime.errors import InvalidInput, ModelLoadError, ModelNotFound, Unavailable
 from runtime.model import ModelState, ServedModel
+from runtime.observer import NullObserver, Observer
 from runtime.repository import model_config as mcfg
 from runtime.repository.store import ModelDir, RepositoryStore
 from runtime.server._pb import model_config_pb2 as mc
@@ -34,9 +35,10 @@ class VersionRecord:
 
 
 class ModelRegistry:
-    def __init__(self, store: RepositoryStore, settings: Settings) -> None:
+    def __init__(self, store: RepositoryStore, settings: Settings, observer: Observer | None = None) -> None:
         self._store = store
         self._settings = settings
+        self.observer: Observer = observer or NullObserver()
         self._versions: dict[str, dict[int, VersionRecord]] = {}
         self._model_errors: dict[str, str] = {}
 
@@ -114,7 +116,7 @@ class ModelRegistry:
         spec = self._session_spec(config, model_path)
         backend = OnnxBackend(spec)
         _record_instance_groups(config, "cuda" if CUDA in backend.providers else "cpu")
-        served = ServedModel(config, version, backend, settings.default_max_queue_size)
+        served = ServedModel(config, version, backend, settings.default_max_queue_size, self.observer)
         try:
             _warm_up(served, model_dir.path)
         except Exception as exc:

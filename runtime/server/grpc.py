@@ -9,7 +9,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 import numpy as np
@@ -128,6 +128,7 @@ def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) 
         id=request.id,
         parameters={key: _param_value(value) for key, value in request.parameters.items()},
         deadline=deadline,
+        protocol="grpc",
     )
 
 
@@ -263,23 +264,38 @@ class InferenceService:
                 task.cancel()
 
 
-def _generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
-    serialize = lambda message: message.SerializeToString()  # noqa: E731
-    unary = {
-        name: grpc.unary_unary_rpc_method_handler(getattr(service, name), response_serializer=serialize)
-        for name in (
-            "ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
-            "ModelMetadata", "ModelConfig", "ModelInfer",
-        )
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def unary_handlers(service: object, names: Sequence[str]) -> dict[str, grpc.RpcMethodHandler]:
+    """Bytes-in handlers for the named methods of `service` (each decorated with answers_errors)."""
+    return {
+        name: grpc.unary_unary_rpc_method_handler(getattr(service, name), response_serializer=_serialize)
+        for name in names
     }
-    unary["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        service.ModelStreamInfer, response_serializer=serialize
+
+
+def generic_handler(handlers: dict[str, grpc.RpcMethodHandler]) -> grpc.GenericRpcHandler:
+    """Handlers for some methods of inference.GRPCInferenceService; extensions add their own."""
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def _inference_handler(service: InferenceService) -> grpc.GenericRpcHandler:
+    handlers = unary_handlers(
+        service,
+        ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelInfer"),
     )
-    return grpc.method_handlers_generic_handler(SERVICE, unary)
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        service.ModelStreamInfer, response_serializer=_serialize
+    )
+    return generic_handler(handlers)
 
 
 class GrpcServer:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, extensions: Sequence[grpc.GenericRpcHandler] = ()
+    ) -> None:
         limit = settings.max_request_bytes
         self._server = grpc.aio.server(
             options=[
@@ -292,7 +308,7 @@ class GrpcServer:
                 ("grpc.keepalive_timeout_ms", 20 * 1000),
             ],
         )
-        self._server.add_generic_rpc_handlers((_generic_handler(InferenceService(engine)),))
+        self._server.add_generic_rpc_handlers((_inference_handler(InferenceService(engine)), *extensions))
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         host = settings.grpc_address

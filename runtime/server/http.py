@@ -11,14 +11,14 @@ import gzip
 import logging
 import socket
 import zlib
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from runtime import codec
 from runtime.config import Settings
@@ -191,6 +191,7 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
         inputs=inputs,
         requested_outputs=requested,
         id=str(request_id),
+        protocol="http",
         parameters={k: v for k, v in params.items() if k != "binary_data_output"} | (
             {"binary_data_output": bool(default_binary)} if default_binary is not None else {}
         ),
@@ -238,7 +239,7 @@ def tensor_json(spec: TensorSpec) -> dict[str, Any]:
 # ---- the app ----------------------------------------------------------------------------------
 
 
-def build_app(engine: Engine, settings: Settings) -> Starlette:
+def build_app(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> Starlette:
     limit = settings.max_request_bytes
 
     async def live(request: Request) -> Response:
@@ -303,7 +304,7 @@ def build_app(engine: Engine, settings: Settings) -> Starlette:
     for suffix, handler, methods in model_routes:
         routes.append(Route("/v2/models/{model}" + suffix, handler, methods=methods))
         routes.append(Route("/v2/models/{model}/versions/{version}" + suffix, handler, methods=methods))
-    return Starlette(routes=routes)
+    return Starlette(routes=[*routes, *extensions])
 
 
 def _model_and_version(request: Request) -> tuple[str, str]:
@@ -374,8 +375,8 @@ class AsgiServer:
             await self._task
 
 
-def http_server(engine: Engine, settings: Settings) -> AsgiServer:
-    return AsgiServer(build_app(engine, settings), settings.http_address, settings.http_port, settings)
+def http_server(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> AsgiServer:
+    return AsgiServer(build_app(engine, settings, extensions), settings.http_address, settings.http_port, settings)
 
 
 def _bind(address: str, port: int) -> socket.socket:
