@@ -86,8 +86,9 @@ def extensions() -> list:
     from setuptools import Extension
 
     modules = [
+        # csrc/<package>.pyx builds runtime.<package>._<package> (csrc/codec.pyx -> runtime.codec._codec).
         Extension(
-            f"runtime.codec._{pyx.stem}",
+            f"runtime.{pyx.stem}._{pyx.stem}",
             [str(pyx.relative_to(ROOT))],
             include_dirs=[numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -111,6 +111,7 @@ class Engine:
             served.stats.fail.add(time.perf_counter_ns() - started)
             raise
         served.stats.success.add(time.perf_counter_ns() - started)
+        outputs = served.finish(outputs)
         if request.requested_outputs:
             outputs = {o.name: outputs[o.name] for o in request.requested_outputs}
         return InferResponse(

@@ -6,12 +6,14 @@ import enum
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from runtime.backends.base import Backend
 from runtime.batching import collate
+from runtime.processing import Processing
 from runtime.observer import BatchTiming, NullObserver, Observer
 from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
 from runtime.repository.model_config import ModelConfig, public_inputs, public_outputs
@@ -94,17 +96,25 @@ class ServedModel:
         version: int,
         backend: Backend,
         default_max_queue_size: int,
+        model_dir: Path,
         observer: Observer | None = None,
+        processing: Processing | None = None,
     ) -> None:
         self.name = config.name
         self.version = version
         self.config = config
         self.backend = backend
         self.label = f"model {self.name!r} version {version}"
-        self.inputs: list[TensorSpec] = public_inputs(config)
-        self.outputs: list[TensorSpec] = public_outputs(config)
+        self.model_dir = model_dir
+        self.version_dir = model_dir / str(version)
+        self.processing = processing
+        # What clients see: the processing's public tensors when it has some, else the model's own.
+        self.model_inputs: list[TensorSpec] = public_inputs(config)
+        self.model_outputs: list[TensorSpec] = public_outputs(config)
+        self.inputs: list[TensorSpec] = processing.public_inputs if processing else self.model_inputs
+        self.outputs: list[TensorSpec] = processing.public_outputs if processing else self.model_outputs
         self.optional_inputs = frozenset(t.name for t in config.input if t.optional)
-        self.output_names = [spec.name for spec in self.outputs]
+        self.output_names = [spec.name for spec in self.model_outputs]
         self.state = ModelState.READY
         self.stats = ModelStats()
         self.observer: Observer = observer or NullObserver()
@@ -126,10 +136,22 @@ class ServedModel:
         return int(self.config.max_batch_size)
 
     def prepare(self, request: Validated) -> Validated:
-        """Backend-specific input conversion, per request, so bad data never reaches a batch."""
+        """Pre-processing and backend input conversion, per request, so bad data never reaches a batch."""
+        inputs = request.inputs
+        group = request.group
+        if self.processing is not None:
+            inputs = self.processing.preprocess(self.label, inputs)
+            lead = 1 if self.max_batch_size > 0 else 0
+            group = tuple(array.shape[lead:] for array in inputs.values())
         prepare = self.backend.prepare_input
-        converted = {name: prepare(name, array) for name, array in request.inputs.items()}
-        return Validated(converted, request.rows, request.group, request.output_names)
+        converted = {name: prepare(name, array) for name, array in inputs.items()}
+        return Validated(converted, request.rows, group, request.output_names)
+
+    def finish(self, outputs: Outputs) -> Outputs:
+        """Post-processing of one request's outputs (after the batch split)."""
+        if self.processing is None:
+            return outputs
+        return self.processing.postprocess(self.label, outputs)
 
     async def infer(self, request: Validated, priority: int = 0, timeout_s: float | None = None) -> Outputs:
         return await self.queue.submit(request, request.rows, request.group, priority, timeout_s)

@@ -14,6 +14,7 @@ from runtime.config import Settings
 from runtime.errors import InvalidInput, ModelLoadError, ModelNotFound, Unavailable
 from runtime.model import ModelState, ServedModel
 from runtime.observer import NullObserver, Observer
+from runtime.processing import load_processing
 from runtime.repository import model_config as mcfg
 from runtime.repository.store import ModelDir, RepositoryStore
 from runtime.server._pb import model_config_pb2 as mc
@@ -116,7 +117,20 @@ class ModelRegistry:
         spec = self._session_spec(config, model_path)
         backend = OnnxBackend(spec)
         _record_instance_groups(config, "cuda" if CUDA in backend.providers else "cpu")
-        served = ServedModel(config, version, backend, settings.default_max_queue_size, self.observer)
+        try:
+            processing = load_processing(model_dir.path, model_dir.version_path(version), config)
+        except ModelLoadError:
+            backend.close()
+            raise
+        served = ServedModel(
+            config,
+            version,
+            backend,
+            settings.default_max_queue_size,
+            model_dir.path,
+            observer=self.observer,
+            processing=processing,
+        )
         try:
             _warm_up(served, model_dir.path)
         except Exception as exc:
