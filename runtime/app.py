@@ -50,11 +50,27 @@ async def load_models(registry: ModelRegistry, settings: Settings) -> None:
         await registry.load_all()
 
 
+def start_poller(registry: ModelRegistry, settings: Settings) -> asyncio.Task[None] | None:
+    if settings.model_control_mode != "poll":
+        return None
+    from runtime.repository.poller import RepositoryPoller
+
+    poller = RepositoryPoller(registry, settings.repository_poll_secs)
+    poller.prime()
+    task = asyncio.get_running_loop().create_task(poller.run_forever(), name="repository-poller")
+    task.add_done_callback(lambda t: t.cancelled() or t.exception() and log.error("poller stopped: %s", t.exception()))
+    return task
+
+
 async def serve(settings: Settings) -> int:
     # Imported here so `model-runtime --version` and `--help` stay fast.
     from runtime import metrics
     from runtime.server.grpc import GrpcServer
+    from starlette.applications import Starlette
+
+    from runtime.server import repository
     from runtime.server.http import AsgiServer, http_server
+    from runtime.server.repository import Admin
 
     if settings.model_repository is None:
         from runtime.examples import write_example_repository
@@ -67,8 +83,24 @@ async def serve(settings: Settings) -> int:
     await load_models(registry, settings)
     engine = Engine(registry)
 
-    http = http_server(engine, settings) if settings.allow_http else None
-    grpc_server = GrpcServer(engine, settings) if settings.allow_grpc else None
+    admin = Admin(registry, settings)
+    # With --admin-port the admin API lives only there (HTTP), never on the public ports.
+    public_admin = settings.admin_port is None
+    http_extensions = [*(repository.http_routes(admin, settings) if public_admin else [])]
+    grpc_extensions = [*([repository.grpc_handler(admin)] if public_admin else [])]
+    http = http_server(engine, settings, http_extensions) if settings.allow_http else None
+    grpc_server = GrpcServer(engine, settings, grpc_extensions) if settings.allow_grpc else None
+    admin_server = (
+        AsgiServer(
+            Starlette(routes=repository.http_routes(admin, settings)),
+            settings.admin_address,
+            settings.admin_port,
+            settings,
+        )
+        if settings.admin_port is not None
+        else None
+    )
+    poller = start_poller(registry, settings)
     metrics_server = (
         AsgiServer(
             metrics.build_app(metrics.build_registry(registry)),
@@ -79,10 +111,11 @@ async def serve(settings: Settings) -> int:
         if settings.allow_metrics
         else None
     )
-    for server in (http, grpc_server, metrics_server):
+    for server in (http, grpc_server, metrics_server, admin_server):
         if server is not None:
             await server.start()
     ports = {
+        "admin": admin_server.port if admin_server else None,
         "http": http.port if http else None,
         "grpc": grpc_server.port if grpc_server else None,
         "metrics": metrics_server.port if metrics_server else None,
@@ -100,6 +133,10 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down: no new requests; draining for up to %.0fs", settings.exit_timeout_secs)
     started = time.monotonic()
     engine.stop_accepting()
+    if poller is not None:
+        poller.cancel()
+    if admin_server is not None:
+        await admin_server.stop()
     if grpc_server is not None:
         await grpc_server.set_not_serving()
     stopping = []

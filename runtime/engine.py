@@ -17,7 +17,7 @@ from runtime.types import InferRequest, InferResponse, TensorSpec
 from runtime.validate import validate_request
 
 # Protocol extensions we implement (GET /v2 and ServerMetadata list them; clients probe them).
-EXTENSIONS = ["model_configuration", "binary_tensor_data"]
+EXTENSIONS = ["model_configuration", "binary_tensor_data", "model_repository"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,28 +1,41 @@
-"""Model name -> versions -> live ServedModel. Loads versions from the store per version policy."""
+"""Model name -> versions -> live ServedModel, and the hot-swap operations on that map.
+
+Swap order (never unload before the replacement serves): load the new versions beside the old,
+warm them up, switch routing in one assignment, then drain the old versions' queued and running
+requests and only then free them. A failed load changes nothing that serves.
+"""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import os
+import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
-import numpy as np
-
-from runtime.backends.onnx import CUDA, OnnxBackend, SessionSpec, cuda_available, default_intra_op_threads
 from runtime.config import Settings
-from runtime.errors import InvalidInput, ModelLoadError, ModelNotFound, Unavailable
+from runtime.errors import (
+    Code,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    RuntimeServingError,
+    Unavailable,
+)
 from runtime.model import ModelState, ServedModel
 from runtime.observer import NullObserver, Observer
-from runtime.processing import load_processing
+from runtime.repository import loader
 from runtime.repository import model_config as mcfg
-from runtime.repository.store import ModelDir, RepositoryStore
+from runtime.repository.store import ModelDir, RepositoryStore, check_model_name
 from runtime.server._pb import model_config_pb2 as mc
-from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_NUMPY
 
 log = logging.getLogger(__name__)
 
-_GRAPH_LEVEL_BY_TRITON_VALUE = {-1: "basic", 0: "all", 1: "extended"}
+
+class MemoryBudgetExceeded(RuntimeServingError):
+    code = Code.RESOURCE_EXHAUSTED
 
 
 @dataclass(slots=True)
@@ -33,6 +46,57 @@ class VersionRecord:
     reason: str = ""
     served: ServedModel | None = None
     load_seconds: float = 0.0
+    estimated_bytes: int = 0
+    fingerprint: loader.VersionFingerprint | None = None
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What a model served before a change, for rollback."""
+
+    versions: tuple[int, ...]
+    override: mc.ModelConfig | None
+    weights: dict[int, float]
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    name: str
+    serving: dict[int, VersionRecord] = field(default_factory=dict)  # READY versions, routable
+    failed: dict[int, VersionRecord] = field(default_factory=dict)  # last failure per version
+    unloaded: dict[int, VersionRecord] = field(default_factory=dict)
+    weights: dict[int, float] = field(default_factory=dict)  # traffic split for requests naming no version
+    labels: dict[str, int] = field(default_factory=dict)  # e.g. stable -> 1, canary -> 2
+    history: list[Snapshot] = field(default_factory=list)
+    override: mc.ModelConfig | None = None
+    error: str = ""  # model-level failure (bad config.pbtxt, no versions)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _credit: dict[int, float] = field(default_factory=dict)  # smooth weighted round-robin state
+    _default: ServedModel | None = None
+
+    def refresh_default(self) -> None:
+        ready = [v for v, r in self.serving.items() if r.served is not None]
+        self._default = self.serving[max(ready)].served if ready else None
+        self.weights = {v: w for v, w in self.weights.items() if v in self.serving and w > 0}
+        self._credit = {v: 0.0 for v in self.weights}
+
+    def route(self) -> ServedModel | None:
+        """The version a request naming no version goes to: split by weight, else the latest."""
+        if not self.weights:
+            return self._default
+        # Smooth weighted round-robin: exact proportions, no randomness, no bursts.
+        total = 0.0
+        best = -1
+        for version, weight in self.weights.items():
+            self._credit[version] += weight
+            total += weight
+            if best < 0 or self._credit[version] > self._credit[best]:
+                best = version
+        self._credit[best] -= total
+        return self.serving[best].served
+
+
+MAX_HISTORY = 16
 
 
 class ModelRegistry:
@@ -40,236 +104,344 @@ class ModelRegistry:
         self._store = store
         self._settings = settings
         self.observer: Observer = observer or NullObserver()
-        self._versions: dict[str, dict[int, VersionRecord]] = {}
-        self._model_errors: dict[str, str] = {}
+        self._entries: dict[str, ModelEntry] = {}
 
-    # ---- loading ---------------------------------------------------------------------------
+    @property
+    def store(self) -> RepositoryStore:
+        return self._store
+
+    # ---- loading and swapping ---------------------------------------------------------------
 
     async def load_all(self) -> None:
         for name in self._store.model_names():
             await self.load_model(name)
 
     async def load_model(self, name: str) -> None:
-        """Load every version the model's policy selects; a failure is recorded, never raised."""
-        model_dir = self._store.model(name)
-        if model_dir is None:
-            raise ModelNotFound(f"no model named {name!r} in the repository {self._store.root}")
+        """Load at start-up: a failure is recorded for the index, never raised."""
         try:
-            versions = self._select_versions(model_dir, mcfg.read_config_file(model_dir.path))
-        except ModelLoadError as exc:
-            self._model_errors[name] = exc.message
+            await self.load(name)
+        except RuntimeServingError as exc:
             log.error("model %r cannot load: %s", name, exc.message)
-            return
-        self._model_errors.pop(name, None)
-        records = self._versions.setdefault(name, {})
-        for version in versions:
-            records[version] = VersionRecord(name, version, ModelState.LOADING)
-            started = time.monotonic()
+
+    def _entry(self, name: str) -> ModelEntry:
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = self._entries[name] = ModelEntry(name)
+        return entry
+
+    async def load(
+        self,
+        name: str,
+        override: mc.ModelConfig | None = None,
+        files: dict[str, bytes] | None = None,
+        allowed_versions: set[int] | None = None,
+    ) -> list[int]:
+        """Load (or reload) a model per its version policy and swap it in; returns the serving versions.
+
+        Raises ModelLoadError (and changes nothing that serves) if any selected version fails.
+        """
+        check_model_name(name)
+        entry = self._entry(name)
+        async with entry.lock:
+            if files:
+                await asyncio.to_thread(write_model_files, self._store.root, name, files)
+            model_dir = self._store.model(name)
+            if model_dir is None:
+                if not entry.serving:
+                    self._entries.pop(name, None)
+                raise ModelNotFound(f"no model named {name!r} in the repository {self._store.root}")
             try:
-                served = await asyncio.to_thread(self._load_version, model_dir, version)
+                declared = override if override is not None else mcfg.read_config_file(model_dir.path)
+                versions = loader.select_versions(model_dir, declared, allowed_versions)
             except ModelLoadError as exc:
-                records[version] = VersionRecord(name, version, ModelState.UNAVAILABLE, exc.message)
-                log.error("model %r version %d failed to load: %s", name, version, exc.message)
-                continue
-            records[version] = VersionRecord(
-                name, version, ModelState.READY, served=served, load_seconds=time.monotonic() - started
-            )
-            log.info(
-                "model %r version %d ready on %s (%.2fs)",
-                name, version, ",".join(served.backend.providers), time.monotonic() - started,
-            )
+                entry.error = exc.message
+                raise
+            entry.error = ""
+            new_records = await self._load_versions(entry, model_dir, declared, versions)
+            self._swap(entry, new_records, override)
+        await self._retire(entry, new_records)
+        return sorted(new_records)
 
-    def _select_versions(self, model_dir: ModelDir, config: mc.ModelConfig) -> list[int]:
-        available = model_dir.versions()
-        if not available:
-            raise ModelLoadError(f"model {model_dir.name!r}: no numeric version directories in {model_dir.path}")
-        policy = config.version_policy
-        choice = policy.WhichOneof("policy_choice")
-        if choice == "all":
-            return available
-        if choice == "specific":
-            wanted = sorted(set(int(v) for v in policy.specific.versions))
-            missing = [v for v in wanted if v not in available]
-            if missing:
-                raise ModelLoadError(
-                    f"model {model_dir.name!r}: version_policy names versions {missing} that do not exist "
-                    f"(found {available})"
-                )
-            return wanted
-        count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions else 1
-        return available[-count:]
-
-    def _load_version(self, model_dir: ModelDir, version: int) -> ServedModel:
-        settings = self._settings
-        declared = mcfg.read_config_file(model_dir.path)
-        filename = declared.default_model_filename or mcfg.DEFAULT_MODEL_FILENAME
-        model_path = model_dir.version_path(version) / filename
-        if not model_path.is_file():
-            raise ModelLoadError(f"model {model_dir.name!r} version {version}: {model_path} does not exist")
-        signature = mcfg.read_graph_signature(model_path)
-        config = mcfg.complete_config(
-            declared,
-            model_dir.name,
-            signature,
-            settings.default_max_batch_size,
-            auto_complete=not settings.disable_auto_complete_config,
-        )
-        spec = self._session_spec(config, model_path)
-        backend = OnnxBackend(spec)
-        _record_instance_groups(config, "cuda" if CUDA in backend.providers else "cpu")
+    async def _load_versions(
+        self, entry: ModelEntry, model_dir: ModelDir, declared: mc.ModelConfig, versions: list[int]
+    ) -> dict[int, VersionRecord]:
+        records: dict[int, VersionRecord] = {}
+        fresh: list[ServedModel] = []
         try:
-            processing = load_processing(model_dir.path, model_dir.version_path(version), config)
-        except ModelLoadError:
-            backend.close()
+            to_load = []
+            for version in versions:
+                stamp = loader.fingerprint(model_dir, version, declared)
+                current = entry.serving.get(version)
+                if current is not None and current.fingerprint == stamp:
+                    records[version] = current  # unchanged: keep serving it as it is
+                else:
+                    to_load.append((version, stamp))
+            self._check_budget(entry, model_dir, declared, [v for v, _ in to_load])
+            for version, stamp in to_load:
+                started = time.monotonic()
+                try:
+                    served = await asyncio.to_thread(
+                        loader.load_version, model_dir, version, declared, self._settings, self.observer
+                    )
+                except ModelLoadError as exc:
+                    entry.failed[version] = VersionRecord(entry.name, version, ModelState.UNAVAILABLE, exc.message)
+                    log.error("model %r version %d failed to load: %s", entry.name, version, exc.message)
+                    raise
+                fresh.append(served)
+                records[version] = VersionRecord(
+                    entry.name,
+                    version,
+                    ModelState.READY,
+                    served=served,
+                    load_seconds=time.monotonic() - started,
+                    estimated_bytes=loader.estimate_bytes(model_dir, version, declared),
+                    fingerprint=stamp,
+                )
+                entry.failed.pop(version, None)
+                log.info(
+                    "model %r version %d ready on %s (%.2fs)",
+                    entry.name, version, ",".join(served.backend.providers), time.monotonic() - started,
+                )
+        except BaseException:
+            for served in fresh:  # never served: nothing to drain
+                await served.close()
             raise
-        served = ServedModel(
-            config,
-            version,
-            backend,
-            settings.default_max_queue_size,
-            model_dir.path,
-            observer=self.observer,
-            processing=processing,
-        )
-        try:
-            _warm_up(served, model_dir.path)
-        except Exception as exc:
-            backend.close()
-            raise ModelLoadError(f"{served.label}: warm-up failed: {exc}") from None
-        return served
+        return records
 
-    def _session_spec(self, config: mc.ModelConfig, model_path: Path) -> SessionSpec:
-        settings = self._settings
-        where = f"model {config.name!r}"
-        kinds = {group.kind for group in config.instance_group} - {mc.ModelInstanceGroup.KIND_AUTO}
-        if len(kinds) > 1:
-            raise ModelLoadError(f"{where}: instance groups mixing KIND_GPU and KIND_CPU are not supported")
-        if kinds == {mc.ModelInstanceGroup.KIND_GPU} or settings.execution_provider == "cuda":
-            if not cuda_available():
-                raise ModelLoadError(
-                    f"{where}: asks for the GPU but ONNX Runtime has no CUDAExecutionProvider here "
-                    "(install onnxruntime-gpu with CUDA, or use KIND_CPU / --execution-provider cpu)"
-                )
-            device = "cuda"
-        elif kinds == {mc.ModelInstanceGroup.KIND_CPU} or settings.execution_provider == "cpu":
-            device = "cpu"
-        else:
-            # onnxruntime-gpu lists CUDA even where no GPU is usable; the session start tells.
-            device = "auto" if cuda_available() else "cpu"
-        gpus = tuple(g for group in config.instance_group for g in group.gpus) or (settings.gpu_device_id,)
-        instances = mcfg.instance_count(config)
-        accelerators = config.optimization.execution_accelerators
-        for accelerator in [*accelerators.gpu_execution_accelerator, *accelerators.cpu_execution_accelerator]:
-            raise ModelLoadError(f"{where}: execution accelerator {accelerator.name!r} is not supported")
-        level = settings.graph_optimization_level
-        if config.optimization.HasField("graph"):
-            level = _GRAPH_LEVEL_BY_TRITON_VALUE.get(config.optimization.graph.level, "all")
-        return SessionSpec(
-            model_path=model_path,
-            device=device,
-            gpu_ids=gpus,
-            instance_count=instances,
-            intra_op_threads=_int_parameter(config, "intra_op_thread_count")
-            or settings.intra_op_threads
-            or default_intra_op_threads(instances),
-            inter_op_threads=_int_parameter(config, "inter_op_thread_count") or settings.inter_op_threads,
-            allow_spinning=settings.allow_spinning,
-            graph_optimization_level=level,
-        )
+    def _check_budget(self, entry: ModelEntry, model_dir: ModelDir, declared: mc.ModelConfig, versions: list[int]) -> None:
+        budget = self._settings.model_memory_budget_bytes
+        if not budget or not versions:
+            return
+        needed = sum(loader.estimate_bytes(model_dir, v, declared) for v in versions)
+        # During a swap old and new versions are both in memory.
+        in_use = sum(r.estimated_bytes for e in self._entries.values() for r in e.serving.values())
+        if in_use + needed > budget:
+            raise MemoryBudgetExceeded(
+                f"model {entry.name!r}: loading versions {versions} needs about {needed} bytes; "
+                f"{in_use} of the {budget}-byte memory budget are in use"
+            )
 
-    # ---- lookup ----------------------------------------------------------------------------
+    def _swap(self, entry: ModelEntry, new_records: dict[int, VersionRecord], override: mc.ModelConfig | None) -> None:
+        if entry.serving:
+            entry.history.append(Snapshot(tuple(sorted(entry.serving)), entry.override, dict(entry.weights)))
+            del entry.history[:-MAX_HISTORY]
+        old = entry.serving
+        entry.serving = dict(new_records)  # the switch: one assignment
+        entry.override = override
+        entry.labels = {label: v for label, v in entry.labels.items() if v in entry.serving}
+        entry.refresh_default()
+        for version, record in old.items():
+            if entry.serving.get(version) is not record:
+                record.state = ModelState.UNLOADING
+                entry.unloaded[version] = record
+        for version in entry.serving:
+            entry.unloaded.pop(version, None)
+
+    async def _retire(self, entry: ModelEntry, keep: dict[int, VersionRecord]) -> None:
+        """Drain and free the versions that stopped serving in a swap or unload."""
+        kept = {id(r) for r in keep.values()}
+        retiring = [r for r in entry.unloaded.values() if r.served is not None and id(r) not in kept]
+        for record in retiring:
+            served = record.served
+            assert served is not None
+            await served.close()
+            record.served = None
+            record.state = ModelState.UNAVAILABLE
+            record.reason = "unloaded"
+
+    async def unload(self, name: str) -> None:
+        check_model_name(name)
+        entry = self._entries.get(name)
+        if entry is None or not entry.serving:
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        async with entry.lock:
+            entry.history.append(Snapshot(tuple(sorted(entry.serving)), entry.override, dict(entry.weights)))
+            for version, record in entry.serving.items():
+                record.state = ModelState.UNLOADING
+                entry.unloaded[version] = record
+            entry.serving = {}
+            entry.refresh_default()
+        await self._retire(entry, {})
+
+    async def rollback(self, name: str) -> list[int]:
+        """Serve again what the model served before its last load or unload."""
+        check_model_name(name)
+        entry = self._entries.get(name)
+        if entry is None or not entry.history:
+            raise InvalidInput(f"model {name!r} has no earlier state to roll back to")
+        previous = entry.history[-1]
+        versions = await self.load(name, previous.override, allowed_versions=set(previous.versions))
+        async with entry.lock:
+            # The load pushed the state we left; both it and the one we restored are used up.
+            del entry.history[-2:]
+            entry.weights = {v: w for v, w in previous.weights.items() if v in entry.serving}
+            entry.refresh_default()
+        return versions
+
+    def set_traffic(self, name: str, weights: dict[int, float]) -> None:
+        entry = self._serving_entry(name)
+        for version, weight in weights.items():
+            if version not in entry.serving:
+                raise InvalidInput(f"model {name!r}: version {version} is not serving (serving: {sorted(entry.serving)})")
+            if weight < 0:
+                raise InvalidInput(f"model {name!r}: weight for version {version} must be >= 0, got {weight}")
+        if weights and not any(w > 0 for w in weights.values()):
+            raise InvalidInput(f"model {name!r}: at least one weight must be positive")
+        entry.weights = dict(weights)
+        entry.refresh_default()
+
+    def set_labels(self, name: str, labels: dict[str, int]) -> None:
+        entry = self._serving_entry(name)
+        for label, version in labels.items():
+            if not label or label.isdigit():
+                raise InvalidInput(f"model {name!r}: label {label!r} must be a non-numeric name")
+            if version not in entry.serving:
+                raise InvalidInput(f"model {name!r}: label {label!r} names version {version}, which is not serving")
+        entry.labels = dict(labels)
+
+    def _serving_entry(self, name: str) -> ModelEntry:
+        check_model_name(name)
+        entry = self._entries.get(name)
+        if entry is None or not entry.serving:
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        return entry
+
+    # ---- lookup (hot path) ------------------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> ServedModel:
-        record = self.record(name, version)
-        if record.state is not ModelState.READY or record.served is None:
-            detail = f": {record.reason}" if record.reason else ""
-            raise Unavailable(f"model {name!r} version {record.version} is not ready ({record.state.value}){detail}")
-        return record.served
-
-    def record(self, name: str, version: str = "") -> VersionRecord:
-        records = self._versions.get(name)
-        if not records:
-            if name in self._model_errors:
-                raise Unavailable(f"model {name!r} is not ready: {self._model_errors[name]}")
+        entry = self._entries.get(name)
+        if entry is None:
             raise ModelNotFound(f"unknown model {name!r}")
         if not version:
-            ready = [v for v, r in records.items() if r.state is ModelState.READY]
-            return records[max(ready)] if ready else records[max(records)]
-        if not version.isdigit():
-            raise ModelNotFound(f"model {name!r} has no version {version!r} (versions are positive integers)")
-        record = records.get(int(version))
-        if record is None:
+            served = entry.route()
+            if served is None:
+                raise Unavailable(f"model {name!r} is not ready: {self._why_not_ready(entry)}")
+            return served
+        return self._version_record(entry, version).served or self._not_ready(entry, version)
+
+    def _not_ready(self, entry: ModelEntry, version: str) -> ServedModel:
+        raise Unavailable(f"model {entry.name!r} version {version} is not ready: {self._why_not_ready(entry, version)}")
+
+    def _why_not_ready(self, entry: ModelEntry, version: str = "") -> str:
+        if entry.error:
+            return entry.error
+        records = [entry.failed.get(int(version))] if version.isdigit() else list(entry.failed.values())
+        reasons = [r.reason for r in records if r is not None]
+        if reasons:
+            return reasons[-1]
+        return "it is not loaded" if not entry.lock.locked() else "it is loading"
+
+    def _version_record(self, entry: ModelEntry, version: str) -> VersionRecord:
+        number = entry.labels.get(version) if not version.isdigit() else int(version)
+        if number is None:
             raise ModelNotFound(
-                f"model {name!r} has no version {version} (available: {', '.join(map(str, sorted(records)))})"
+                f"model {entry.name!r} has no version or label {version!r}"
+                + (f" (labels: {', '.join(sorted(entry.labels))})" if entry.labels else "")
+            )
+        record = entry.serving.get(number) or entry.failed.get(number) or entry.unloaded.get(number)
+        if record is None:
+            known = sorted(entry.serving)
+            raise ModelNotFound(
+                f"model {entry.name!r} has no version {number} (available: {', '.join(map(str, known)) or 'none'})"
             )
         return record
 
+    def record(self, name: str, version: str = "") -> VersionRecord:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"unknown model {name!r}")
+        if not version:
+            if entry.serving:
+                return entry.serving[max(entry.serving)]
+            records = [*entry.failed.values(), *entry.unloaded.values()]
+            if records:
+                return max(records, key=lambda r: r.version)
+            return VersionRecord(name, 0, ModelState.UNAVAILABLE, entry.error or "not loaded")
+        return self._version_record(entry, version)
+
     def ready_versions(self, name: str) -> list[int]:
-        return sorted(v for v, r in self._versions.get(name, {}).items() if r.state is ModelState.READY)
+        entry = self._entries.get(name)
+        return sorted(entry.serving) if entry else []
 
     def records(self) -> list[VersionRecord]:
-        return [record for name in sorted(self._versions) for _, record in sorted(self._versions[name].items())]
+        """Every version the registry knows: serving, failed, unloaded (one record per version)."""
+        result = []
+        for name in sorted(self._entries):
+            entry = self._entries[name]
+            merged = {**entry.unloaded, **entry.failed, **entry.serving}
+            result.extend(record for _, record in sorted(merged.items()))
+        return result
+
+    def entry(self, name: str) -> ModelEntry | None:
+        return self._entries.get(name)
+
+    def entries(self) -> list[ModelEntry]:
+        return [self._entries[name] for name in sorted(self._entries)]
 
     def model_errors(self) -> dict[str, str]:
-        return dict(self._model_errors)
+        return {name: e.error for name, e in self._entries.items() if e.error}
 
     def served_models(self) -> list[ServedModel]:
-        return [r.served for r in self.records() if r.served is not None and r.state is ModelState.READY]
+        return [r.served for e in self._entries.values() for r in e.serving.values() if r.served is not None]
 
     async def close(self) -> None:
         """Drain and unload every model version."""
-        served = [r.served for r in self.records() if r.served is not None]
-        await asyncio.gather(*(model.close() for model in served))
-        for record in self.records():
-            record.state = ModelState.UNAVAILABLE
-            record.served = None
+        for entry in list(self._entries.values()):
+            for version, record in entry.serving.items():
+                record.state = ModelState.UNLOADING
+                entry.unloaded[version] = record
+            entry.serving = {}
+            entry.refresh_default()
+        await asyncio.gather(*(self._retire(entry, {}) for entry in self._entries.values()))
 
 
-def _record_instance_groups(config: mc.ModelConfig, device: str) -> None:
-    """Make the served config say where instances run, as Triton's auto-complete does."""
-    kind = mc.ModelInstanceGroup.KIND_GPU if device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
-    if not config.instance_group:
-        group = config.instance_group.add()
-        group.count = 1
-    for group in config.instance_group:
-        group.kind = kind
-        if not group.count:
-            group.count = 1
-        if not group.name:
-            group.name = f"{config.name}_{kind and mc.ModelInstanceGroup.Kind.Name(kind).lower()}"
+def write_model_files(root: Path, name: str, files: dict[str, bytes]) -> None:
+    """Write `<version>/<file>` contents into REPO/<name>/ atomically; nothing may land outside it.
+
+    Each new version directory is assembled beside the model and renamed into place, so a
+    reader (or the poller) never sees a half-written version.
+    """
+    check_model_name(name)
+    model_root = root / name
+    by_version: dict[str, dict[PurePosixPath, bytes]] = {}
+    for raw_path, content in files.items():
+        relative = PurePosixPath(raw_path)
+        if relative.is_absolute() or not relative.parts or any(p in ("..", ".", "") for p in relative.parts):
+            raise InvalidInput(f"file path {raw_path!r} must be relative and stay inside the model directory")
+        if len(relative.parts) < 2 or not relative.parts[0].isdigit() or relative.parts[0].startswith("0"):
+            raise InvalidInput(f"file path {raw_path!r} must start with a version directory, e.g. '3/model.onnx'")
+        by_version.setdefault(relative.parts[0], {})[PurePosixPath(*relative.parts[1:])] = content
+    model_root.mkdir(parents=True, exist_ok=True)
+    for version, contents in by_version.items():
+        target = model_root / version
+        staging = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=model_root))
+        for relative, content in contents.items():
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        if target.exists():
+            # Replace file by file: each rename is atomic; a directory cannot be renamed over a full one.
+            for relative in contents:
+                destination = target / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / relative, destination)
+            _remove_tree(staging)
+        else:
+            os.replace(staging, target)
 
 
-def _int_parameter(config: mc.ModelConfig, key: str) -> int:
-    if key not in config.parameters:
-        return 0
-    text = config.parameters[key].string_value
+def _remove_tree(path: Path) -> None:
+    for child in sorted(path.rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    path.rmdir()
+
+
+def decode_file_parameter(key: str, value: str | bytes) -> tuple[str, bytes]:
+    """Triton's `file:<path>` load parameter: base64 text over HTTP, bytes over gRPC."""
+    path = key[len("file:"):]
+    if isinstance(value, bytes):
+        return path, value
     try:
-        return int(text)
+        return path, base64.b64decode(value, validate=True)
     except ValueError:
-        raise ModelLoadError(f"model {config.name!r}: parameter {key} must be an integer, got {text!r}") from None
-
-
-def _warm_up(served: ServedModel, model_dir: Path) -> None:
-    rng = np.random.default_rng(0)
-    for warmup in served.config.model_warmup:
-        inputs = {}
-        batch = (max(1, warmup.batch_size),) if served.max_batch_size > 0 else ()
-        for name, spec in warmup.inputs.items():
-            datatype = CONFIG_TO_DATATYPE.get(mc.DataType.Name(spec.data_type), "")
-            if datatype not in DATATYPE_TO_NUMPY:
-                raise InvalidInput(f"warm-up {warmup.name!r}: input {name!r} has unsupported data_type")
-            dtype = DATATYPE_TO_NUMPY[datatype]
-            shape = batch + tuple(int(d) for d in spec.dims)
-            choice = spec.WhichOneof("input_data_type")
-            if choice == "input_data_file":
-                raw = (model_dir / "warmup" / spec.input_data_file).read_bytes()
-                one = np.frombuffer(raw, dtype=dtype).reshape(tuple(int(d) for d in spec.dims))
-                inputs[name] = np.broadcast_to(one, shape).copy()
-            elif dtype == object:
-                inputs[name] = np.full(shape, b"", dtype=object)
-            elif choice == "random_data":
-                inputs[name] = (rng.random(shape) * 10).astype(dtype)
-            else:
-                inputs[name] = np.zeros(shape, dtype=dtype)
-        for _ in range(max(1, warmup.count)):
-            served.run_sync(inputs)
+        raise InvalidInput(f"parameter {key!r} must be base64-encoded file contents") from None

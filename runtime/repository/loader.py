@@ -1,0 +1,215 @@
+"""Loads one model version from disk into a ready ServedModel: config, session, processing, warm-up.
+
+Synchronous and slow (ONNX Runtime builds sessions); the registry runs it in a thread.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.onnx import CUDA, OnnxBackend, SessionSpec, cuda_available, default_intra_op_threads
+from runtime.config import Settings
+from runtime.errors import InvalidInput, ModelLoadError
+from runtime.model import ServedModel
+from runtime.observer import Observer
+from runtime.processing import load_processing
+from runtime.repository import model_config as mcfg
+from runtime.repository.store import ModelDir
+from runtime.server._pb import model_config_pb2 as mc
+from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_NUMPY
+
+log = logging.getLogger(__name__)
+
+_GRAPH_LEVEL_BY_TRITON_VALUE = {-1: "basic", 0: "all", 1: "extended"}
+
+
+@dataclass(frozen=True, slots=True)
+class VersionFingerprint:
+    """What a loaded version was made from; equal fingerprints need no reload."""
+
+    config: bytes
+    files: tuple[tuple[str, int, int], ...]  # (relative path, size, mtime_ns)
+
+
+def select_versions(model_dir: ModelDir, config: mc.ModelConfig, allowed: set[int] | None = None) -> list[int]:
+    """The versions the config's version_policy selects among those on disk (and `allowed`)."""
+    available = [v for v in model_dir.versions() if allowed is None or v in allowed]
+    if not available:
+        raise ModelLoadError(f"model {model_dir.name!r}: no numeric version directories with a model in {model_dir.path}")
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return available
+    if choice == "specific":
+        wanted = sorted(set(int(v) for v in policy.specific.versions))
+        missing = [v for v in wanted if v not in available]
+        if missing:
+            raise ModelLoadError(
+                f"model {model_dir.name!r}: version_policy names versions {missing} that do not exist "
+                f"(found {available})"
+            )
+        return wanted
+    count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions else 1
+    return available[-count:]
+
+
+def model_path(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> Path:
+    return model_dir.version_path(version) / (declared.default_model_filename or mcfg.DEFAULT_MODEL_FILENAME)
+
+
+def fingerprint(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> VersionFingerprint:
+    files = []
+    version_dir = model_dir.version_path(version)
+    for root, _, names in os.walk(version_dir):
+        for name in sorted(names):
+            path = Path(root) / name
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            files.append((str(path.relative_to(version_dir)), stat.st_size, stat.st_mtime_ns))
+    return VersionFingerprint(declared.SerializeToString(deterministic=True), tuple(sorted(files)))
+
+
+def estimate_bytes(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> int:
+    """Memory a loaded version is expected to take: its files (weights dominate) once per instance.
+
+    ONNX Runtime keeps the initializers in memory per session, and graph optimisation can add
+    pre-packed copies, so this is a floor, not a bound; the budget should leave headroom.
+    """
+    size = sum(entry[1] for entry in fingerprint(model_dir, version, declared).files)
+    return size * mcfg.instance_count(declared)
+
+
+def load_version(
+    model_dir: ModelDir,
+    version: int,
+    declared: mc.ModelConfig,
+    settings: Settings,
+    observer: Observer,
+) -> ServedModel:
+    path = model_path(model_dir, version, declared)
+    if not path.is_file():
+        raise ModelLoadError(f"model {model_dir.name!r} version {version}: {path} does not exist")
+    signature = mcfg.read_graph_signature(path)
+    config = mcfg.complete_config(
+        declared,
+        model_dir.name,
+        signature,
+        settings.default_max_batch_size,
+        auto_complete=not settings.disable_auto_complete_config,
+    )
+    backend = OnnxBackend(session_spec(config, path, settings))
+    try:
+        _record_instance_groups(config, "cuda" if CUDA in backend.providers else "cpu")
+        processing = load_processing(model_dir.path, model_dir.version_path(version), config)
+        served = ServedModel(
+            config,
+            version,
+            backend,
+            settings.default_max_queue_size,
+            model_dir.path,
+            observer=observer,
+            processing=processing,
+        )
+        try:
+            _warm_up(served, model_dir.path)
+        except Exception as exc:
+            raise ModelLoadError(f"{served.label}: warm-up failed: {exc}") from None
+    except BaseException:
+        backend.close()
+        raise
+    return served
+
+
+def session_spec(config: mc.ModelConfig, path: Path, settings: Settings) -> SessionSpec:
+    where = f"model {config.name!r}"
+    kinds = {group.kind for group in config.instance_group} - {mc.ModelInstanceGroup.KIND_AUTO}
+    if len(kinds) > 1:
+        raise ModelLoadError(f"{where}: instance groups mixing KIND_GPU and KIND_CPU are not supported")
+    if kinds == {mc.ModelInstanceGroup.KIND_GPU} or settings.execution_provider == "cuda":
+        if not cuda_available():
+            raise ModelLoadError(
+                f"{where}: asks for the GPU but ONNX Runtime has no CUDAExecutionProvider here "
+                "(install onnxruntime-gpu with CUDA, or use KIND_CPU / --execution-provider cpu)"
+            )
+        device = "cuda"
+    elif kinds == {mc.ModelInstanceGroup.KIND_CPU} or settings.execution_provider == "cpu":
+        device = "cpu"
+    else:
+        # onnxruntime-gpu lists CUDA even where no GPU is usable; the session start tells.
+        device = "auto" if cuda_available() else "cpu"
+    gpus = tuple(g for group in config.instance_group for g in group.gpus) or (settings.gpu_device_id,)
+    instances = mcfg.instance_count(config)
+    accelerators = config.optimization.execution_accelerators
+    for accelerator in [*accelerators.gpu_execution_accelerator, *accelerators.cpu_execution_accelerator]:
+        raise ModelLoadError(f"{where}: execution accelerator {accelerator.name!r} is not supported")
+    level = settings.graph_optimization_level
+    if config.optimization.HasField("graph"):
+        level = _GRAPH_LEVEL_BY_TRITON_VALUE.get(config.optimization.graph.level, "all")
+    return SessionSpec(
+        model_path=path,
+        device=device,
+        gpu_ids=gpus,
+        instance_count=instances,
+        intra_op_threads=_int_parameter(config, "intra_op_thread_count")
+        or settings.intra_op_threads
+        or default_intra_op_threads(instances),
+        inter_op_threads=_int_parameter(config, "inter_op_thread_count") or settings.inter_op_threads,
+        allow_spinning=settings.allow_spinning,
+        graph_optimization_level=level,
+    )
+
+
+def _record_instance_groups(config: mc.ModelConfig, device: str) -> None:
+    """Make the served config say where instances run, as Triton's auto-complete does."""
+    kind = mc.ModelInstanceGroup.KIND_GPU if device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
+    if not config.instance_group:
+        group = config.instance_group.add()
+        group.count = 1
+    for group in config.instance_group:
+        group.kind = kind
+        if not group.count:
+            group.count = 1
+        if not group.name:
+            group.name = f"{config.name}_{mc.ModelInstanceGroup.Kind.Name(kind).lower()}"
+
+
+def _int_parameter(config: mc.ModelConfig, key: str) -> int:
+    if key not in config.parameters:
+        return 0
+    text = config.parameters[key].string_value
+    try:
+        return int(text)
+    except ValueError:
+        raise ModelLoadError(f"model {config.name!r}: parameter {key} must be an integer, got {text!r}") from None
+
+
+def _warm_up(served: ServedModel, model_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    for warmup in served.config.model_warmup:
+        inputs = {}
+        batch = (max(1, warmup.batch_size),) if served.max_batch_size > 0 else ()
+        for name, spec in warmup.inputs.items():
+            datatype = CONFIG_TO_DATATYPE.get(mc.DataType.Name(spec.data_type), "")
+            if datatype not in DATATYPE_TO_NUMPY:
+                raise InvalidInput(f"warm-up {warmup.name!r}: input {name!r} has unsupported data_type")
+            dtype = DATATYPE_TO_NUMPY[datatype]
+            shape = batch + tuple(int(d) for d in spec.dims)
+            choice = spec.WhichOneof("input_data_type")
+            if choice == "input_data_file":
+                raw = (model_dir / "warmup" / spec.input_data_file).read_bytes()
+                one = np.frombuffer(raw, dtype=dtype).reshape(tuple(int(d) for d in spec.dims))
+                inputs[name] = np.broadcast_to(one, shape).copy()
+            elif dtype == object:
+                inputs[name] = np.full(shape, "", dtype=object)
+            elif choice == "random_data":
+                inputs[name] = (rng.random(shape) * 10).astype(dtype)
+            else:
+                inputs[name] = np.zeros(shape, dtype=dtype)
+        for _ in range(max(1, warmup.count)):
+            served.run_sync(inputs)

@@ -1,0 +1,101 @@
+"""--model-control-mode poll: rescan the repository and load, reload or unload what changed.
+
+Half-written versions are never loaded: a version directory counts only once its model file
+exists and its files' sizes and modification times are the same in two consecutive scans.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from runtime.errors import RuntimeServingError
+from runtime.repository import loader
+from runtime.repository import model_config as mcfg
+from runtime.repository.registry import ModelRegistry
+from runtime.repository.store import ModelDir
+
+log = logging.getLogger(__name__)
+
+# (config.pbtxt stat, {version: files fingerprint})
+ModelScan = tuple[tuple[int, int] | None, dict[int, tuple[tuple[str, int, int], ...]]]
+
+
+@dataclass
+class RepositoryPoller:
+    registry: ModelRegistry
+    interval_s: float
+
+    def __post_init__(self) -> None:
+        self._previous: dict[str, ModelScan] = {}
+        self._applied: dict[str, ModelScan] = {}
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("repository poll failed; trying again in %.0fs", self.interval_s)
+
+    def prime(self) -> None:
+        """Record the start-up state as already applied (the models were just loaded from it)."""
+        scans = self._scan_all()
+        self._previous = dict(scans)
+        self._applied = dict(scans)
+
+    async def poll_once(self) -> None:
+        scans = await asyncio.to_thread(self._scan_all)
+        for name in sorted(set(self._applied) - set(scans)):
+            if self.registry.ready_versions(name):
+                log.info("poll: model %r left the repository; unloading", name)
+                await self._quietly(self.registry.unload(name))
+            self._applied.pop(name, None)
+        for name, scan in scans.items():
+            previous = self._previous.get(name)
+            stable = _stable_part(scan, previous)
+            if stable == self._applied.get(name) or not stable[1]:
+                continue
+            log.info("poll: model %r changed; loading versions %s", name, sorted(stable[1]))
+            self._applied[name] = stable
+            await self._quietly(self.registry.load(name, allowed_versions=set(stable[1])))
+        self._previous = scans
+
+    async def _quietly(self, operation: object) -> None:
+        try:
+            await operation  # type: ignore[misc]
+        except RuntimeServingError as exc:
+            log.error("poll: %s", exc.message)
+
+    def _scan_all(self) -> dict[str, ModelScan]:
+        scans = {}
+        for name in self.registry.store.model_names():
+            model_dir = self.registry.store.model(name)
+            if model_dir is not None:
+                scans[name] = _scan(model_dir)
+        return scans
+
+
+def _scan(model_dir: ModelDir) -> ModelScan:
+    config_path = model_dir.path / "config.pbtxt"
+    try:
+        stat = config_path.stat()
+        config_stamp: tuple[int, int] | None = (stat.st_size, stat.st_mtime_ns)
+    except FileNotFoundError:
+        config_stamp = None
+    try:
+        declared = mcfg.read_config_file(model_dir.path)
+    except RuntimeServingError:
+        declared = mcfg.ModelConfig()
+    versions = {}
+    for version in model_dir.versions():
+        if loader.model_path(model_dir, version, declared).is_file():
+            versions[version] = loader.fingerprint(model_dir, version, declared).files
+    return config_stamp, versions
+
+
+def _stable_part(scan: ModelScan, previous: ModelScan | None) -> ModelScan:
+    """The versions unchanged since the previous scan (a version still being written is left out)."""
+    if previous is None or scan[0] != previous[0]:
+        return (scan[0], {}) if previous is None else (scan[0], {})
+    return scan[0], {v: files for v, files in scan[1].items() if previous[1].get(v) == files}
