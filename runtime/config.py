@@ -136,6 +136,9 @@ class Settings:
     request_log_sample_rate: float = _doc(
         "Fraction of requests logged (one line each, JSON with --log-format json); 0 logs none.", default=0.0
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = _doc(
+        "Event loop implementation: auto uses uvloop where installed.", default="auto"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _doc("Log level.", default="info")
     log_format: LogFormat = _doc("Log line format: text, or one JSON object per line.", default="text")
 

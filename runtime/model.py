@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +12,7 @@ import numpy as np
 
 from runtime.backends.base import Backend
 from runtime.batching import collate
+from runtime.batching.workers import InstanceWorkers
 from runtime.processing import Processing
 from runtime.observer import BatchTiming, NullObserver, Observer
 from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
@@ -122,9 +122,7 @@ class ServedModel:
             t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")
         }
         self._output_reshape = {t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")}
-        self._executor = ThreadPoolExecutor(
-            max_workers=backend.instance_count, thread_name_prefix=f"{self.name}-v{version}"
-        )
+        self._workers = InstanceWorkers(backend.instance_count, f"{self.name}-v{version}")
         self.queue: BatchQueue[Validated, Outputs] = BatchQueue(
             f"{self.name}:{version}",
             batch_policy(config, backend.instance_count, default_max_queue_size),
@@ -164,8 +162,7 @@ class ServedModel:
         started = time.perf_counter_ns()
         batch = collate.stack([item.payload.inputs for item in items])
         prepared = time.perf_counter_ns()
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self._execute, instance, batch)
+        outputs = await self._workers.run(instance, self._execute, instance, batch)
         ran = time.perf_counter_ns()
         results = collate.split(outputs, [item.rows for item in items])
         finished = time.perf_counter_ns()
@@ -225,6 +222,6 @@ class ServedModel:
         """Drain queued and running requests, then free the sessions."""
         self.state = ModelState.UNLOADING
         await self.queue.close()
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._workers.shutdown)
         self.backend.close()
         self.state = ModelState.UNAVAILABLE

@@ -134,8 +134,12 @@ class BatchQueue(Generic[P, R]):
         self._levels[level].append(item)
         self.stats.queued += 1
         self.stats.level_queued[level] += 1
-        assert self._wakeup is not None
-        self._wakeup.set()
+        assert self._wakeup is not None and self._free_instances is not None
+        if self.stats.queued == 1 and self.policy.max_delay_s == 0 and not self._free_instances.empty():
+            # Nothing to wait for and an instance idle: run now, without a trip through the dispatcher.
+            self._start(self._free_instances.get_nowait(), self._take(group, self.policy.max_batch_rows or rows))
+        else:
+            self._wakeup.set()
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -297,10 +301,13 @@ class BatchQueue(Generic[P, R]):
             if not batch:
                 self._free_instances.put_nowait(instance)
                 continue
-            task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-            task.add_done_callback(self._log_crash)
+            self._start(instance, batch)
+
+    def _start(self, instance: int, batch: list[Pending[P, R]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._log_crash)
 
     async def _form_batch(self) -> list[Pending[P, R]]:
         assert self._wakeup is not None
