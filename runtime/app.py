@@ -166,9 +166,12 @@ def write_ports_file(path: Path, ports: dict[str, int | None]) -> None:
 
 def run(settings: Settings) -> int:
     configure_logging(settings)
-    try:
-        import uvloop
-
-        return uvloop.run(serve(settings))
-    except ImportError:
-        return asyncio.run(serve(settings))
+    if settings.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if settings.event_loop == "uvloop":
+                raise
+        else:
+            return uvloop.run(serve(settings))
+    return asyncio.run(serve(settings))
