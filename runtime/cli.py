@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import typing
 from pathlib import Path
@@ -23,16 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
             f"{ENV_PREFIX}<FLAG_NAME> (e.g. {ENV_PREFIX}HTTP_PORT) or as a key of the TOML file given "
             "by --config-file (e.g. http_port = 8000). Precedence: flag > environment > file > default."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--config-file", type=Path, default=None, help="TOML file of settings")
     hints = typing.get_type_hints(__import__("runtime.config", fromlist=["Settings"]).Settings)
     for spec in setting_fields():
         flag = "--" + spec.name.replace("_", "-")
         env = ENV_PREFIX + spec.name.upper()
-        help_text = f"{spec.metadata.get('doc', '')} [env {env}]"
-        if typing.get_origin(hints[spec.name]) is list:
+        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+        shown = ",".join(default) if isinstance(default, list) else default
+        help_text = f"{spec.metadata.get('doc', '')} Default: {shown}. Env: {env}. File key: {spec.name}."
+        hint = hints[spec.name]
+        if typing.get_origin(hint) is list:
             serve.add_argument(flag, dest=spec.name, action="append", default=None, help=help_text)
+        elif hint is bool:
+            # `--allow-spinning` alone means true; `--allow-http false` as tritonserver spells it.
+            serve.add_argument(flag, dest=spec.name, nargs="?", const="true", default=None, metavar="BOOL", help=help_text)
         else:
             serve.add_argument(flag, dest=spec.name, default=None, metavar=spec.name.upper(), help=help_text)
     examples = commands.add_parser("write-examples", help="write the built-in example repository to a folder")
