@@ -19,12 +19,12 @@ _EXPECTED = {"b": "a boolean", "u": "an integer", "i": "an integer", "f": "a num
 
 
 class CodecError(ValueError):
-    """Tensor data that does not match its declared datatype or shape; the message names element and problem."""
+    """Tensor data that does not fit its declared datatype or shape; the message names element and problem."""
 
 
 def check_dtype(dtype: Any) -> np.dtype[Any]:
-    """`dtype` as a numpy dtype that json_to_array supports, else TypeError (a caller's bug, not bad input)."""
-    dt = np.dtype(dtype)
+    """`dtype` as a numpy dtype json_to_array supports, else TypeError (a caller's bug, not bad input)."""
+    dt: np.dtype[Any] = np.dtype(dtype)
     if dt.itemsize not in _V2_NAMES.get(dt.kind, {}):
         raise TypeError(f"json_to_array does not support dtype {dt}")
     return dt
@@ -32,6 +32,10 @@ def check_dtype(dtype: Any) -> np.dtype[Any]:
 
 def datatype_name(dtype: np.dtype[Any]) -> str:
     return _V2_NAMES[dtype.kind][dtype.itemsize]
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _short(value: object, limit: int = 40) -> str:
@@ -59,7 +63,7 @@ def describe(value: object) -> str:
     return f"{type(value).__name__} {_short(value)}"
 
 
-# json_to_array ---------------------------------------------------------------------------------------------
+# json_to_array ----------------------------------------------------------------------------------------------
 def not_a_list(data: object) -> CodecError:
     return CodecError(f"data must be a list, got {describe(data)}")
 
@@ -78,29 +82,29 @@ def too_deep(index: int) -> CodecError:
     return CodecError(f"element {index}: lists are nested deeper than {MAX_DEPTH} levels")
 
 
-def not_utf8(index: int, exc: UnicodeError) -> CodecError:
+def not_utf8(index: int, exc: UnicodeEncodeError) -> CodecError:
     return CodecError(f"element {index}: string cannot be encoded as UTF-8 ({exc.reason})")
 
 
 def wrong_count(expected: int, got: int) -> CodecError:
-    return CodecError(f"expected {expected} elements, got {got}")
+    return CodecError(f"expected {_n(expected, 'element')}, got {got}")
 
 
-# decode_bytes / encode_bytes / array_to_json ---------------------------------------------------------------
+# decode_bytes / encode_bytes / array_to_json ----------------------------------------------------------------
 def negative_count(count: int) -> CodecError:
     return CodecError(f"element count must not be negative, got {count}")
 
 
 def truncated_prefix(index: int, left: int) -> CodecError:
-    return CodecError(f"element {index}: length prefix is truncated ({left} bytes left, 4 needed)")
+    return CodecError(f"element {index}: length prefix is truncated ({_n(left, 'byte')} left, 4 needed)")
 
 
 def overrun(index: int, length: int, left: int) -> CodecError:
-    return CodecError(f"element {index}: length {length} overruns the buffer ({left} bytes left)")
+    return CodecError(f"element {index}: length {length} overruns the buffer ({_n(left, 'byte')} left)")
 
 
 def trailing(count: int, left: int) -> CodecError:
-    return CodecError(f"{left} bytes remain after the last of {count} elements")
+    return CodecError(f"{_n(left, 'byte')} left over after the last of {_n(count, 'element')}")
 
 
 def not_bytes(index: int, value: object) -> CodecError:

@@ -25,7 +25,7 @@ _MAX_ELEMENT = 0xFFFFFFFF
 _countOf = operator.countOf
 
 
-# BYTES binary form -------------------------------------------------------------------------------------------
+# BYTES binary form ------------------------------------------------------------------------------------------
 def decode_bytes(buffer: bytes | bytearray | memoryview, count: int) -> Array:
     """Length-prefixed (uint32 LE) elements -> 1-D object array of exactly `count` bytes objects."""
     if count < 0:
@@ -36,24 +36,20 @@ def decode_bytes(buffer: bytes | bytearray | memoryview, count: int) -> Array:
     items: list[bytes] = []
     append = items.append
     pos = 0
-    # range() is lazy: a huge `count` with a short buffer stops at the buffer's end, allocating nothing big.
+    # range() is lazy and nothing else is sized by `count`: a huge count with little data allocates nothing.
     for index in range(count):
-        left = end - pos
-        if left < 4:
-            if left == 0:
+        start = pos + 4
+        if start > end:
+            if pos == end:
                 raise E.wrong_count(count, index)
-            raise E.truncated_prefix(index, left)
-        (length,) = unpack(data, pos)
-        pos += 4
-        if length > left - 4:
-            raise E.overrun(index, length, left - 4)
-        append(data[pos : pos + length])
-        pos += length
+            raise E.truncated_prefix(index, end - pos)
+        pos = start + unpack(data, pos)[0]
+        if pos > end:
+            raise E.overrun(index, pos - start, end - start)
+        append(data[start:pos])
     if pos != end:
         raise E.trailing(count, end - pos)
-    out = np.empty(count, dtype=object)
-    out[:] = items
-    return out
+    return np.fromiter(items, dtype=object, count=count)
 
 
 def _element_bytes(index: int, value: object) -> bytes:
@@ -71,6 +67,15 @@ def _element_bytes(index: int, value: object) -> bytes:
     return encoded
 
 
+def _as_bytes(items: list[Any]) -> list[bytes]:
+    if _countOf(map(type, items), str) == len(items):
+        try:
+            return [s.encode("utf-8") for s in items]
+        except UnicodeEncodeError:
+            pass
+    return [_element_bytes(index, value) for index, value in enumerate(items)]  # names the first bad one
+
+
 def encode_bytes(array: Array) -> bytes:
     """Any-shape array of bytes/str (object, S or U dtype), row-major -> length-prefixed bytes."""
     if not isinstance(array, np.ndarray):
@@ -78,19 +83,20 @@ def encode_bytes(array: Array) -> bytes:
     if array.dtype.kind not in "OSU":
         raise E.not_bytes_array(array.dtype)
     items = array.ravel().tolist()
-    if _countOf(map(type, items), bytes) != len(items):
-        items = [_element_bytes(index, value) for index, value in enumerate(items)]
+    n = len(items)
+    if _countOf(map(type, items), bytes) != n:
+        items = _as_bytes(items)
     lengths = list(map(len, items))
     if lengths and max(lengths) > _MAX_ELEMENT:  # only a hand-made object array gets here
-        index = next(i for i, n in enumerate(lengths) if n > _MAX_ELEMENT)
+        index = next(i for i, size in enumerate(lengths) if size > _MAX_ELEMENT)
         raise E.too_long(index, lengths[index])
-    parts: list[bytes] = [b""] * (2 * len(items))
+    parts: list[bytes] = [b""] * (2 * n)
     parts[0::2] = map(_U32.pack, lengths)
     parts[1::2] = items
     return b"".join(parts)
 
 
-# JSON form ---------------------------------------------------------------------------------------------------
+# JSON form --------------------------------------------------------------------------------------------------
 def _flatten(data: list[Any]) -> list[Any] | None:
     """Flatten uniformly nested lists one level at a time with C-level chain(); None if that shortcut fails.
 
@@ -154,9 +160,7 @@ def _walk(data: list[Any], dtype: np.dtype[Any], count: int) -> Array:
     if len(values) != count:
         raise E.wrong_count(count, len(values))
     if kind == "O":
-        out = np.empty(count, dtype=object)
-        out[:] = values
-        return out
+        return np.fromiter(values, dtype=object, count=count)
     with np.errstate(over="ignore"):  # FP16/FP32 overflow becomes inf, as a C cast from double does
         return np.array(values, dtype=dtype)
 
@@ -184,9 +188,8 @@ def json_to_array(data: object, dtype: np.dtype[Any], count: int) -> Array:
         elif kind == "O":
             if _countOf(map(type, flat), str) != n:
                 return _walk(data, dt, count)
-            encoded = [s.encode("utf-8") for s in flat]  # raises UnicodeEncodeError on a lone surrogate
-            out = np.empty(n, dtype=object)
-            out[:] = encoded
+            # str.encode raises UnicodeEncodeError on a lone surrogate
+            out = np.fromiter([s.encode("utf-8") for s in flat], dtype=object, count=n)
         else:
             if _countOf(map(type, flat), int) != n:
                 return _walk(data, dt, count)
@@ -215,7 +218,7 @@ def array_to_json(array: Array) -> list[Any]:
         raise TypeError(f"array_to_json needs a numpy array, got {type(array).__name__}")
     kind = array.dtype.kind
     if kind in "biuU" or (kind == "f" and array.dtype.itemsize in (2, 4, 8)):
-        return array.ravel().tolist()  # type: ignore[no-any-return]
+        return array.ravel().tolist()
     if kind not in "OS":
         raise E.not_json_array(array.dtype)
     items = array.ravel().tolist()
