@@ -1,7 +1,8 @@
 """A tiny FP32 model for benchmarks and smoke runs: INPUT [batch, 16] -> Gemm -> OUTPUT [batch, 4].
 
-    python bench/mlp_model.py /tmp/mlp.onnx [--in-features 16] [--out-features 4]
+python bench/mlp_model.py /tmp/mlp.onnx [--in-features 16] [--out-features 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,9 @@ def build_mlp(path: str | Path, in_features: int = 16, out_features: int = 4, se
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("path", help="where to write the .onnx file")
     parser.add_argument("--in-features", type=int, default=16)
     parser.add_argument("--out-features", type=int, default=4)

@@ -13,6 +13,7 @@ no batching, no thread pool. That is the point of this baseline; it imports noth
 
     python bench/naive_server.py --model PATH.onnx --name mlp --port 8000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ import onnxruntime as ort
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 Array = npt.NDArray[Any]
 JsonDict = dict[str, Any]
@@ -33,6 +35,8 @@ JsonDict = dict[str, Any]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
+# What a malformed request can raise past our checks: numpy while decoding, onnxruntime while running.
+REQUEST_ERRORS = (ValueError, TypeError, KeyError, InvalidArgument, Fail, RuntimeException)
 
 # onnxruntime's type strings -> V2 datatype names.
 ORT_TO_DATATYPE: dict[str, str] = {
@@ -212,7 +216,11 @@ def encode_outputs(
     chunks: list[bytes] = []
     for name, binary in wanted:
         array = np.ascontiguousarray(results[name])
-        entry: JsonDict = {"name": name, "datatype": NUMPY_TO_DATATYPE[array.dtype], "shape": list(array.shape)}
+        entry: JsonDict = {
+            "name": name,
+            "datatype": NUMPY_TO_DATATYPE[array.dtype],
+            "shape": list(array.shape),
+        }
         if binary:
             chunks.append(array.tobytes())
             entry["parameters"] = {"binary_data_size": len(chunks[-1])}
@@ -294,7 +302,7 @@ def create_app(model: LoadedModel) -> FastAPI:
             results = run_model(model, decode_inputs(header, tail), [name for name, _ in wanted])
         except BadRequest as exc:
             return error(400, str(exc))
-        except Exception as exc:  # onnxruntime's errors: wrong shape, wrong dtype, ...
+        except REQUEST_ERRORS as exc:
             return error(400, f"{type(exc).__name__}: {exc}")
         return encode_outputs(header, model, results, wanted)
 
@@ -302,7 +310,9 @@ def create_app(model: LoadedModel) -> FastAPI:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="path to the .onnx file")
     parser.add_argument("--name", default="model", help="model name in URLs (default: model)")
     parser.add_argument("--host", default="127.0.0.1")

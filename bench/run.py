@@ -1,0 +1,864 @@
+"""The serving benchmark: model-runtime vs. in-process ONNX Runtime vs. a naive server, in one run.
+
+    python bench/run.py [--quick] [--out bench/RESULTS.md] [--keep DIR]
+
+What one run does (`make bench` runs it with the defaults):
+
+1. Writes a model repository with the example `mlp` (16 -> 32 -> 4, tiny: overhead-bound) and the
+   `wide` benchmark model (runtime.examples.build_wide_mlp, 512 -> 3x2048 -> 16, 36 MiB: compute-bound),
+   each twice: batching on (`mlp`, `wide`: config with `dynamic_batching { max_queue_delay_microseconds }`)
+   and batching off (`mlp_nobatch`, `wide_nobatch`: the same config without the block).
+2. Starts model-runtime on it (tests/serving.py) and drives every model with Triton's perf_analyzer
+   over gRPC, HTTP with binary tensors and HTTP with JSON tensors, at concurrency 1, 8, 32 and 64.
+   Around each point it reads the server's counters (`/v2/models/{m}/stats` if the server has the
+   statistics extension, else Prometheus `model_runtime_inference_rows` / `model_runtime_executions`)
+   to get the average batch the batcher formed.
+3. Starts bench/naive_server.py (FastAPI, `session.run` on the event loop) per model and drives it the
+   same way over HTTP.
+4. Runs the model in-process (bench/inprocess.py: `session.run` in a loop, no server) at batch 1 and at
+   the batch sizes the batcher formed.
+5. Replaces the part of `--out` between `<!-- run.py:begin -->` and `<!-- run.py:end -->` (the
+   file is created from a template with placeholders for the other benchmarks if missing) with: the
+   machine, the command, the issue-3 target ratios with PASS/MISS, and the tables.
+
+Every ONNX Runtime session (server, naive server, in-process) gets the same `--intra-op-threads`
+(default 1), so the comparisons are of serving overhead, not of thread counts. Nothing is pinned:
+perf_analyzer, the server and its ONNX Runtime threads share the machine's cores, as they would on a
+small host; the report records the core count and the load average before and after.
+
+A full run (64 perf_analyzer points of 1.5 s windows) takes about 9 minutes on 2 cores (~17 if
+no point settled at ±25% and every one needed the retry); `--quick` (concurrency 1 and 32, 0.5 s
+windows, 22 points, HTTP-JSON for the example mlp only) about 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(ROOT / "tests"))  # serving.py: start the real server on ephemeral ports
+
+import onnxruntime as ort
+from inprocess import measure_inprocess
+from serving import RunningServer, start_server
+
+from runtime.examples import build_mlp, build_wide_mlp, save_model
+
+BEGIN_MARKER = "<!-- run.py:begin -->"
+END_MARKER = "<!-- run.py:end -->"
+JSON_TENSORS = ["--input-tensor-format", "json", "--output-tensor-format", "json"]
+STABILITY_ERROR = 2  # perf_analyzer's exit code when no window set met --stability-percentage
+READY_TIMEOUT_S = 60.0
+
+# Issue 3's targets.
+TARGET_VS_INPROCESS = 0.25  # gRPC mlp c32 throughput / in-process batch-1 throughput
+TARGET_VS_NAIVE = 3.0  # gRPC mlp c32 throughput / naive server c32 throughput
+TARGET_OVERHEAD_US = {"grpc": 150.0, "http": 250.0}  # c1 p50 minus in-process batch-1 p50
+TARGET_BATCHING_GAIN = 2.5  # wide c32: batching on / off throughput
+TARGET_TAIL_RATIO = 3.0  # wide c32, batching on: p99 / p50
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transport:
+    label: str  # grpc, http-binary, http-json
+    protocol: str  # perf_analyzer -i
+    tensor_format: str  # binary, json
+    flags: tuple[str, ...] = ()
+
+
+GRPC = Transport("grpc", "grpc", "binary")
+HTTP_BINARY = Transport("http-binary", "http", "binary")
+HTTP_JSON = Transport("http-json", "http", "json", tuple(JSON_TENSORS))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    base: str  # mlp, wide
+    max_batch_size: int
+    delay_us: int
+    input_dims: int
+    output_dims: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    concurrency: tuple[int, ...]
+    window_ms: int
+    max_trials: int
+    stability_pct: int
+    inprocess_s: float
+    # (served model name, transports)
+    server_runs: tuple[tuple[str, tuple[Transport, ...]], ...]
+    naive_runs: tuple[tuple[str, tuple[Transport, ...]], ...]
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    every = (GRPC, HTTP_BINARY, HTTP_JSON)
+    if args.quick:
+        return Plan(
+            concurrency=tuple(args.concurrency or (1, 32)),
+            window_ms=args.window_ms or 500,
+            max_trials=args.max_trials or 4,
+            stability_pct=args.stability_percentage,
+            inprocess_s=0.5,
+            server_runs=(
+                ("mlp", every),
+                ("mlp_nobatch", (GRPC, HTTP_BINARY)),
+                ("wide", (GRPC, HTTP_BINARY)),
+                ("wide_nobatch", (GRPC, HTTP_BINARY)),
+            ),
+            naive_runs=(("mlp", (HTTP_BINARY,)), ("wide", (HTTP_BINARY,))),
+        )
+    return Plan(
+        concurrency=tuple(args.concurrency or (1, 8, 32, 64)),
+        window_ms=args.window_ms or 1500,
+        max_trials=args.max_trials or 5,
+        stability_pct=args.stability_percentage,
+        inprocess_s=2.0,
+        server_runs=tuple((name, every) for name in ("mlp", "mlp_nobatch", "wide", "wide_nobatch")),
+        naive_runs=(("mlp", (HTTP_BINARY, HTTP_JSON)), ("wide", (HTTP_BINARY, HTTP_JSON))),
+    )
+
+
+# --- the model repository ------------------------------------------------------------------------
+
+
+def config_text(name: str, spec: ModelSpec, batching: bool) -> str:
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {spec.max_batch_size}",
+        f'input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ {spec.input_dims} ] }} ]',
+        f'output [ {{ name: "PROBABILITIES" data_type: TYPE_FP32 dims: [ {spec.output_dims} ] }} ]',
+        "instance_group [ { count: 1 kind: KIND_CPU } ]",
+    ]
+    if batching:
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {spec.delay_us} }}")
+    return "\n".join(lines) + "\n"
+
+
+def write_repository(root: Path, specs: dict[str, ModelSpec]) -> dict[str, Path]:
+    """repo/{mlp,mlp_nobatch,wide,wide_nobatch}; returns the ONNX file of each base model."""
+    builders = {"mlp": build_mlp, "wide": build_wide_mlp}
+    files: dict[str, Path] = {}
+    for base, spec in specs.items():
+        model = builders[base]()
+        files[base] = save_model(model, root, base, config_pbtxt=config_text(base, spec, batching=True))
+        nobatch = f"{base}_nobatch"
+        save_model(model, root, nobatch, config_pbtxt=config_text(nobatch, spec, batching=False))
+    return files
+
+
+# --- perf_analyzer -------------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    """One perf_analyzer measurement."""
+
+    target: str  # server, naive
+    model: str  # served name: mlp, mlp_nobatch, wide, wide_nobatch
+    transport: Transport
+    concurrency: int
+    throughput: float | None = None  # inferences (rows) / s
+    p50_us: float | None = None
+    p99_us: float | None = None
+    avg_batch: float | None = None
+    note: str = ""
+
+    @property
+    def base(self) -> str:
+        return self.model.removesuffix("_nobatch")
+
+    @property
+    def variant(self) -> str:
+        if self.target == "naive":
+            return "naive server"
+        return "batching off" if self.model.endswith("_nobatch") else "batching on"
+
+
+def install_perf_analyzer() -> Path:
+    completed = subprocess.run(
+        ["bash", str(BENCH_DIR / "install_perf_analyzer.sh")], check=True, capture_output=True, text=True
+    )
+    return Path(completed.stdout.strip().splitlines()[-1])
+
+
+def perf_analyzer_command(
+    binary: Path,
+    model: str,
+    url: str,
+    transport: Transport,
+    concurrency: int,
+    window_ms: int,
+    stability_pct: int,
+    max_trials: int,
+    report: Path,
+) -> list[str]:
+    return [
+        str(binary), "-m", model, "-u", url, "-i", transport.protocol,
+        "--concurrency-range", str(concurrency),
+        "--measurement-interval", str(window_ms),
+        "--stability-percentage", str(stability_pct),
+        "--max-trials", str(max_trials),
+        "-f", str(report), *transport.flags,
+    ]  # fmt: skip
+
+
+def measure(binary: Path, point: Point, url: str, plan: Plan, work: Path, log: list[str]) -> None:
+    """Fill `point` from one perf_analyzer run; on a stability failure, retry once with a loose rule."""
+    report = work / f"{point.target}-{point.model}-{point.transport.label}-c{point.concurrency}.csv"
+    # The retry's windows are twice as long: a short window at high latency may catch no responses.
+    retry_note = f"unstable at ±{plan.stability_pct}%: 3 windows of {2 * plan.window_ms} ms at ±100%"
+    attempts = [
+        (plan.stability_pct, plan.max_trials, plan.window_ms, ""),
+        (100, 3, 2 * plan.window_ms, retry_note),
+    ]
+    output: list[str] = []
+    for stability, trials, window_ms, note in attempts:
+        report.unlink(missing_ok=True)
+        command = perf_analyzer_command(
+            binary, point.model, url, point.transport, point.concurrency, window_ms, stability, trials, report
+        )
+        timeout_s = 60 + 4 * trials * window_ms / 1000
+        try:
+            completed = subprocess.run(
+                command, check=False, capture_output=True, text=True, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            point.note = f"perf_analyzer timed out after {timeout_s:.0f} s"
+            log.append(f"{shlex.join(command)}\n  timed out")
+            return
+        log.append(f"{shlex.join(command)}\n  exit {completed.returncode}")
+        if completed.returncode == 0 and report.exists():
+            row = read_last_row(report)
+            point.throughput = row["Inferences/Second"]
+            point.p50_us = row["p50 latency"]
+            point.p99_us = row["p99 latency"]
+            point.note = note
+            return
+        output = (completed.stdout + completed.stderr).strip().splitlines()
+        if completed.returncode != STABILITY_ERROR:
+            point.note = f"perf_analyzer exit {completed.returncode}: {output[-1] if output else ''}"[:160]
+            log.append("  " + "\n  ".join(output[-15:]))
+            return
+    log.append("  " + "\n  ".join(output[-15:]))
+    point.note = f"no stable measurement even at ±100%: {output[-1] if output else ''}"[:160]
+
+
+def read_last_row(report: Path) -> dict[str, float]:
+    with report.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: float(value) for key, value in rows[-1].items() if value not in (None, "")}
+
+
+# --- server counters (average batch size) --------------------------------------------------------
+
+METRIC_LINE = re.compile(r"^(model_runtime_(?:inference_rows|executions))(?:_total)?\{([^}]*)\}\s+(\S+)$")
+
+
+def fetch(url: str, timeout_s: float = 5.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        body: bytes = response.read()
+        return body
+
+
+def read_counters(server: RunningServer, model: str) -> tuple[float, float] | None:
+    """(rows inferred, executions) of `model` so far; None if the server exposes neither source."""
+    try:
+        stats = json.loads(fetch(f"http://{server.http_url}/v2/models/{model}/stats"))
+        entries = stats.get("model_stats", [])
+        if entries:
+            rows = sum(float(entry.get("inference_count", 0)) for entry in entries)
+            executions = sum(float(entry.get("execution_count", 0)) for entry in entries)
+            return rows, executions
+    except (urllib.error.URLError, ValueError, OSError):
+        pass  # no statistics extension (yet): fall back to Prometheus
+    try:
+        text = fetch(server.metrics_url).decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    totals = {"model_runtime_inference_rows": 0.0, "model_runtime_executions": 0.0}
+    found = False
+    for line in text.splitlines():
+        match = METRIC_LINE.match(line)
+        if match and f'model="{model}"' in match.group(2):
+            totals[match.group(1)] += float(match.group(3))
+            found = True
+    if not found:
+        return None
+    return totals["model_runtime_inference_rows"], totals["model_runtime_executions"]
+
+
+def average_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    if before is None or after is None:
+        return None
+    rows, executions = after[0] - before[0], after[1] - before[1]
+    return rows / executions if executions > 0 else None
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+def wait_ready(http_url: str, models: Sequence[str], process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    pending = list(models)
+    while pending:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+        try:
+            fetch(f"http://{http_url}/v2/models/{pending[0]}/ready", timeout_s=2)
+            pending.pop(0)
+            continue
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"models {pending} not ready on {http_url} after {READY_TIMEOUT_S} s")
+        time.sleep(0.2)
+
+
+def free_port() -> int:
+    """A port free right now (racy; bench/naive_server.py cannot report a port it picked itself)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def naive_server(
+    model_path: Path, name: str, max_batch_size: int, threads: int, log_path: Path
+) -> Iterator[str]:
+    port = free_port()
+    command = [
+        sys.executable, str(BENCH_DIR / "naive_server.py"), "--model", str(model_path), "--name", name,
+        "--port", str(port), "--max-batch-size", str(max_batch_size), "--intra-op-threads", str(threads),
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"127.0.0.1:{port}"
+    try:
+        wait_ready(url, [name], process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- the machine ---------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def memory_gib() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def codec_line() -> str:
+    completed = subprocess.run(
+        [sys.executable, "-m", "runtime", "--version"], check=False, capture_output=True, text=True
+    )
+    return (completed.stdout or completed.stderr).strip().replace("\n", "; ")
+
+
+def source_revision() -> str:
+    """The checked-out commit, read from .git without running git (and '+ changes' is not known)."""
+    git = ROOT / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head[:12]
+        ref = head[5:]
+        if (git / ref).exists():
+            return (git / ref).read_text().strip()[:12] + f" ({ref.removeprefix('refs/heads/')})"
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0][:12] + f" ({ref.removeprefix('refs/heads/')})"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine_lines(perf_analyzer: Path, threads: int) -> list[str]:
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    completed = subprocess.run([str(perf_analyzer), "--version"], check=False, capture_output=True, text=True)
+    version = (completed.stdout + completed.stderr).strip()
+    return [
+        f"- CPU: {cpu_model()}, {cores} logical cores ({usable} usable by this process), {memory_gib()} RAM",
+        f"- OS: {platform.platform()}",
+        (
+            f"- Python {platform.python_version()}, onnxruntime {ort.__version__} "
+            f"(providers: {', '.join(ort.get_available_providers())}), {version or 'perf_analyzer ?'}"
+        ),
+        f"- model-runtime: {codec_line()}; source {source_revision()}",
+        f"- ONNX Runtime intra-op threads: {threads} everywhere (server, naive server, in-process)",
+        (
+            "- Nothing pinned: perf_analyzer, the server's event loop and its ONNX Runtime thread share "
+            f"all {usable} cores, so client CPU time is taken from the server."
+        ),
+    ]
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def busy_warning(load_before: str) -> list[str]:
+    """A warning line when something else was already using the cores as the run began."""
+    try:
+        one_minute = float(load_before.split()[0])
+    except (ValueError, IndexError):
+        return []
+    if one_minute < 0.5:
+        return []
+    return [
+        (
+            f"- **Warning:** the 1-minute load average was {one_minute:.2f} before the run started: other work "
+            "shared the cores, so these figures are noisy. Re-run on an idle machine."
+        )
+    ]
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**PASS**" if ok else "**MISS**")
+
+
+@dataclass
+class Results:
+    points: list[Point] = field(default_factory=list)
+    inprocess: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # base -> rows
+
+    def find(self, target: str, model: str, transport: str, concurrency: int) -> Point | None:
+        for point in self.points:
+            if (point.target, point.model, point.transport.label, point.concurrency) == (
+                target, model, transport, concurrency,
+            ):  # fmt: skip
+                return point if point.throughput is not None else None
+        return None
+
+    def inprocess_batch(self, base: str, batch_size: int) -> dict[str, Any] | None:
+        for row in self.inprocess.get(base, []):
+            if row["batch_size"] == batch_size:
+                return row
+        return None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def difference(minuend: float | None, subtrahend: float | None) -> float | None:
+    if minuend is None or subtrahend is None:
+        return None
+    return minuend - subtrahend
+
+
+def target_rows(results: Results, concurrency: Sequence[int], mlp_delay_us: int) -> list[str]:
+    """The issue-3 targets: one table row each, with the figures they come from."""
+    rows = ["| # | target | measured | from | verdict |", "|---|---|---|---|---|"]
+    high = 32 if 32 in concurrency else max(concurrency)
+    low = 1 if 1 in concurrency else min(concurrency)
+    inproc_mlp = results.inprocess_batch("mlp", 1)
+    inproc_tput = inproc_mlp["rows_per_s"] if inproc_mlp else None
+    inproc_p50 = inproc_mlp["p50_us"] if inproc_mlp else None
+
+    for model in ("mlp", "mlp_nobatch"):
+        label = "example mlp" if model == "mlp" else "mlp, batching off"
+        served = results.find("server", model, "grpc", high)
+        got = ratio(served.throughput if served else None, inproc_tput)
+        rows.append(
+            f"| 1a | gRPC, {label}, c{high}: server / in-process batch-1 throughput >= "
+            f"{TARGET_VS_INPROCESS:.0%} | {fmt(got and got * 100, 1)}% | "
+            f"{fmt(served.throughput if served else None)} / {fmt(inproc_tput)} infer/s | "
+            f"{verdict(None if got is None else got >= TARGET_VS_INPROCESS)} |"
+        )
+    naive = results.find("naive", "mlp", "http-binary", high)
+    for model in ("mlp", "mlp_nobatch"):
+        label = "example mlp" if model == "mlp" else "mlp, batching off"
+        served = results.find("server", model, "grpc", high)
+        got = ratio(served.throughput if served else None, naive.throughput if naive else None)
+        rows.append(
+            f"| 1b | gRPC, {label}, c{high}: server / naive server (HTTP binary) throughput >= "
+            f"{TARGET_VS_NAIVE:g}x | {fmt(got, 2)}x | {fmt(served.throughput if served else None)} / "
+            f"{fmt(naive.throughput if naive else None)} infer/s | "
+            f"{verdict(None if got is None else got >= TARGET_VS_NAIVE)} |"
+        )
+    for transport, protocol in (("grpc", "grpc"), ("http-binary", "http")):
+        for model in ("mlp", "mlp_nobatch"):
+            label = f"example mlp ({mlp_delay_us} us window)" if model == "mlp" else "mlp, batching off"
+            served = results.find("server", model, transport, low)
+            overhead = difference(served.p50_us if served else None, inproc_p50)
+            limit = TARGET_OVERHEAD_US[protocol]
+            rows.append(
+                f"| 2 | {transport}, {label}, c{low}: server p50 - in-process batch-1 p50 <= {limit:.0f} us | "
+                f"{fmt(overhead)} us | {fmt(served.p50_us if served else None)} - {fmt(inproc_p50, 1)} us | "
+                f"{verdict(None if overhead is None else overhead <= limit)} |"
+            )
+    for transport in ("grpc", "http-binary"):
+        on = results.find("server", "wide", transport, high)
+        off = results.find("server", "wide_nobatch", transport, high)
+        gain = ratio(on.throughput if on else None, off.throughput if off else None)
+        rows.append(
+            f"| 3a | {transport}, wide, c{high}: batching on / off throughput >= {TARGET_BATCHING_GAIN:g}x | "
+            f"{fmt(gain, 2)}x | {fmt(on.throughput if on else None)} / {fmt(off.throughput if off else None)} "
+            f"infer/s | {verdict(None if gain is None else gain >= TARGET_BATCHING_GAIN)} |"
+        )
+        tail = ratio(on.p99_us if on else None, on.p50_us if on else None)
+        rows.append(
+            f"| 3b | {transport}, wide, c{high}, batching on: p99 / p50 <= {TARGET_TAIL_RATIO:g} | "
+            f"{fmt(tail, 2)} | {fmt(on.p99_us if on else None)} / {fmt(on.p50_us if on else None)} us | "
+            f"{verdict(None if tail is None else tail <= TARGET_TAIL_RATIO)} |"
+        )
+    return rows
+
+
+def point_rows(points: Sequence[Point]) -> list[str]:
+    rows = [
+        "| model | variant | protocol | tensors | concurrency | infer/s | p50 us | p99 us | avg batch | note |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for point in points:
+        rows.append(
+            f"| {point.base} | {point.variant} | {point.transport.protocol} | {point.transport.tensor_format} | "
+            f"{point.concurrency} | {fmt(point.throughput)} | {fmt(point.p50_us)} | {fmt(point.p99_us)} | "
+            f"{fmt(point.avg_batch, 1)} | {point.note} |"
+        )
+    return rows
+
+
+def inprocess_rows(results: Results) -> list[str]:
+    rows = [
+        "| model | batch | calls/s | rows/s | p50 us | p99 us |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for base, measured in results.inprocess.items():
+        for row in measured:
+            rows.append(
+                f"| {base} | {row['batch_size']} | {fmt(row['calls_per_s'])} | {fmt(row['rows_per_s'])} | "
+                f"{fmt(row['p50_us'], 1)} | {fmt(row['p99_us'], 1)} |"
+            )
+    return rows
+
+
+def render(
+    results: Results,
+    plan: Plan,
+    specs: dict[str, ModelSpec],
+    machine: list[str],
+    command: str,
+    started: datetime,
+    elapsed_s: float,
+    load_before: str,
+    load_after: str,
+    quick: bool,
+) -> str:
+    lines = [
+        (
+            f"_Written by `bench/run.py` on {started:%Y-%m-%d %H:%M} UTC in {elapsed_s / 60:.1f} min"
+            f"{' (--quick: short windows, few points; indicative only)' if quick else ''}._"
+        ),
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        "Machine:",
+        "",
+        *machine,
+        f"- Load average (1/5/15 min) before: {load_before}; after: {load_after}",
+        *busy_warning(load_before),
+        "",
+        "Settings: perf_analyzer time windows of "
+        f"{plan.window_ms} ms, stable when 3 windows agree within ±{plan.stability_pct}% (at most "
+        f"{plan.max_trials} windows; a point that never settles is re-measured at ±100% and says so), "
+        "batch 1 per request, synchronous clients. "
+        + "; ".join(
+            f"`{base}`: max_batch_size {spec.max_batch_size}, batching-on window {spec.delay_us} us"
+            for base, spec in specs.items()
+        )
+        + ". In-process: `session.run` in a loop on one thread, "
+        f"{plan.inprocess_s:g} s per batch size, at batch 1 and at the average batches the server formed.",
+        "",
+        "### Targets (issue 3)",
+        "",
+        *target_rows(results, plan.concurrency, specs["mlp"].delay_us),
+        "",
+        "### model-runtime",
+        "",
+        (
+            "`avg batch`: rows / executions the server counted during the point (its statistics extension "
+            "or Prometheus counters)."
+        ),
+        "",
+        *point_rows([point for point in results.points if point.target == "server"]),
+        "",
+        "### Naive server (bench/naive_server.py, HTTP only)",
+        "",
+        *point_rows([point for point in results.points if point.target == "naive"]),
+        "",
+        "### In-process ONNX Runtime (bench/inprocess.py)",
+        "",
+        *inprocess_rows(results),
+    ]
+    return "\n".join(lines)
+
+
+RESULTS_TEMPLATE = f"""# Benchmark results
+
+Each section says which script writes it; see bench/README.md for how to run them. Figures depend
+on the machine and on what else runs on it: compare rows from the same run only.
+
+## Serving: throughput and latency (bench/run.py)
+
+{BEGIN_MARKER}
+_Not run yet: `python bench/run.py`._
+{END_MARKER}
+
+## Codec (bench/bench_codec.py)
+
+_Placeholder: decode/encode throughput of the Cython codec vs. its numpy twin._
+
+## Processing kernels (bench/bench_processing.py)
+
+_Placeholder._
+
+## Metrics overhead (bench/bench_metrics_overhead.py)
+
+_Placeholder: throughput and latency with and without metrics._
+
+## Overload (bench/overload.py)
+
+_Placeholder: behaviour past saturation (503 / UNAVAILABLE, queue bound, latency of admitted requests)._
+
+## Hot-swap under load
+
+_Placeholder: errors and latency while a model version is replaced under load._
+"""
+
+
+def write_section(out: Path, section: str) -> None:
+    text = out.read_text() if out.exists() else RESULTS_TEMPLATE
+    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
+    if begin < 0 or end < begin:
+        text = (
+            text.rstrip("\n")
+            + f"\n\n## Serving: throughput and latency (bench/run.py)\n\n{BEGIN_MARKER}\n{END_MARKER}\n"
+        )
+        begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
+    text = text[: begin + len(BEGIN_MARKER)] + "\n" + section.rstrip("\n") + "\n" + text[end:]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def describe(point: Point) -> str:
+    batch = f" batch={point.avg_batch:.1f}" if point.avg_batch else ""
+    return (
+        f"{point.target:6} {point.model:13} {point.transport.label:12} c={point.concurrency:<3}"
+        f" infer/s={fmt(point.throughput)} p50={fmt(point.p50_us)}us p99={fmt(point.p99_us)}us{batch}"
+        f" {point.note}"
+    )
+
+
+def run_server_points(
+    binary: Path, repo: Path, work: Path, plan: Plan, threads: int, results: Results, log: list[str]
+) -> None:
+    server = start_server(
+        repo, work / "server", ["--intra-op-threads", str(threads), "--log-level", "warning"]
+    )
+    try:
+        wait_ready(server.http_url, [name for name, _ in plan.server_runs], server.process)
+        for model, transports in plan.server_runs:
+            for transport in transports:
+                url = server.grpc_url if transport.protocol == "grpc" else server.http_url
+                for concurrency in plan.concurrency:
+                    point = Point("server", model, transport, concurrency)
+                    before = read_counters(server, model)
+                    measure(binary, point, url, plan, work, log)
+                    point.avg_batch = average_batch(before, read_counters(server, model))
+                    results.points.append(point)
+                    progress(describe(point))
+                    if server.process.poll() is not None:
+                        raise RuntimeError(f"server exited; log:\n{server.log()[-4000:]}")
+    finally:
+        server.stop()
+
+
+def run_naive_points(
+    binary: Path,
+    files: dict[str, Path],
+    specs: dict[str, ModelSpec],
+    work: Path,
+    plan: Plan,
+    threads: int,
+    results: Results,
+    log: list[str],
+) -> None:
+    for base, transports in plan.naive_runs:
+        log_path = work / f"naive-{base}.log"
+        with naive_server(files[base], base, specs[base].max_batch_size, threads, log_path) as url:
+            for transport in transports:
+                for concurrency in plan.concurrency:
+                    point = Point("naive", base, transport, concurrency)
+                    measure(binary, point, url, plan, work, log)
+                    results.points.append(point)
+                    progress(describe(point))
+
+
+def formed_batches(results: Results, base: str, limit: int) -> list[int]:
+    """Batch 1 plus the (rounded) average batches the server formed for `base`, any transport."""
+    sizes = {1}
+    for point in results.points:
+        if point.target == "server" and point.model == base and point.avg_batch:
+            sizes.add(min(limit, max(1, round(point.avg_batch))))
+    return sorted(sizes)
+
+
+def parse_concurrency(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"concurrency must be positive integers, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="concurrency 1 and 32, 0.5 s windows, fewer variants"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=BENCH_DIR / "RESULTS.md", help="report (bench/RESULTS.md)"
+    )
+    parser.add_argument("--keep", type=Path, help="keep the repository, CSVs and logs in this folder")
+    parser.add_argument("--concurrency", type=parse_concurrency, help="comma list (1,8,32,64; quick: 1,32)")
+    parser.add_argument(
+        "--window-ms", type=int, help="perf_analyzer --measurement-interval (1500; quick: 500)"
+    )
+    parser.add_argument("--max-trials", type=int, help="perf_analyzer --max-trials (5; quick: 4)")
+    parser.add_argument("--stability-percentage", type=int, default=25, help="perf_analyzer's rule (25)")
+    parser.add_argument("--intra-op-threads", type=int, default=1, help="ONNX Runtime threads everywhere (1)")
+    parser.add_argument(
+        "--mlp-delay-us", type=int, default=500, help="mlp batching window (500, the example's)"
+    )
+    parser.add_argument("--wide-delay-us", type=int, default=1000, help="wide batching window (1000)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
+    plan = make_plan(args)
+    specs = {
+        "mlp": ModelSpec("mlp", 32, args.mlp_delay_us, 16, 4),  # the example's config
+        "wide": ModelSpec("wide", 64, args.wide_delay_us, 512, 16),
+    }
+    started = datetime.now(timezone.utc)
+    clock = time.monotonic()
+    load_before = load_average()
+    binary = install_perf_analyzer()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="model-runtime-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = Results()
+    log: list[str] = []
+    try:
+        files = write_repository(work / "repo", specs)
+        progress(f"repository in {work / 'repo'}; server points")
+        run_server_points(binary, work / "repo", work, plan, args.intra_op_threads, results, log)
+        progress("naive server points")
+        run_naive_points(binary, files, specs, work, plan, args.intra_op_threads, results, log)
+        for base, path in files.items():
+            sizes = formed_batches(results, base, specs[base].max_batch_size)
+            progress(f"in-process {base} at batch {sizes}")
+            results.inprocess[base] = measure_inprocess(
+                str(path), sizes, plan.inprocess_s, args.intra_op_threads
+            )
+        machine = machine_lines(binary, args.intra_op_threads)
+        section = render(
+            results,
+            plan,
+            specs,
+            machine,
+            command,
+            started,
+            time.monotonic() - clock,
+            load_before,
+            load_average(),
+            args.quick,
+        )
+        write_section(args.out, section)
+        (work / "perf_analyzer.log").write_text("\n".join(log) + "\n")
+        print(section)
+        progress(f"wrote {args.out} in {(time.monotonic() - clock) / 60:.1f} min")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
