@@ -320,11 +320,13 @@ class BatchQueue(Generic[P, R]):
             remaining = first.enqueued_at + self.policy.max_delay_s - time.monotonic()
             if target is not None or remaining <= 0:
                 return self._take(first.group, target or limit)
+            # A timer that sets the event is much cheaper than wait_for's task and cancellation.
             self._wakeup.clear()
+            timer = asyncio.get_running_loop().call_later(remaining, self._wakeup.set)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                pass
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
 
     async def _execute(self, instance: int, batch: list[Pending[P, R]]) -> None:
         assert self._free_instances is not None
