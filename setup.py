@@ -5,6 +5,7 @@ RUNTIME_NO_EXTENSIONS=1 builds a pure-Python install (the numpy twins serve).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from setuptools import Command, setup
@@ -29,11 +30,14 @@ def generate_protos() -> None:
         f"-I{include}",
         f"--python_out={PB_OUT}",
         f"--pyi_out={PB_OUT}",
-        f"--grpc_python_out={PB_OUT}",
         *map(str, protos),
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on " + ", ".join(p.name for p in protos))
+    # The servers register their methods through generic handlers, so no *_pb2_grpc stubs are made
+    # (they would pin grpcio to at least the generator's version).
+    for stale in PB_OUT.glob("*_pb2_grpc.py"):
+        stale.unlink()
     stems = [p.stem for p in protos]
     # protoc emits absolute imports ("import model_config_pb2"); our modules live in a package.
     for generated in PB_OUT.glob("*_pb2*.py*"):
@@ -46,6 +50,10 @@ def generate_protos() -> None:
                 "from google.protobuf.internal import builder as _builder\nfrom . import POOL as _POOL\n",
                 1,
             )
+        # The generator's protobuf may be newer than the runtime's (the build runs in its own
+        # environment). The modules only use builder APIs that protobuf >= 5.26 has, so drop the
+        # check that would refuse an older runtime.
+        text = re.sub(r"_runtime_version\.ValidateProtobufRuntimeVersion\([^)]*\)\n", "", text)
         for stem in stems:
             text = text.replace(f"\nimport {stem}_pb2 as", f"\nfrom . import {stem}_pb2 as")
             text = text.replace(f"\nimport {stem}_pb2\n", f"\nfrom . import {stem}_pb2\n")
