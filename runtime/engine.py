@@ -4,6 +4,7 @@ Knows nothing of HTTP or gRPC; transports decode into `InferRequest` and encode 
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -11,13 +12,14 @@ from runtime import SERVER_NAME, __version__
 from runtime.errors import InvalidInput
 from runtime.model import ModelState, ServedModel
 from runtime.observer import SUCCESS, NullObserver, Observer, outcome_of
+from runtime.processing import classify_outputs, public_config
 from runtime.repository.model_config import ModelConfig
 from runtime.repository.registry import ModelRegistry, VersionRecord
 from runtime.types import InferRequest, InferResponse, TensorSpec
 from runtime.validate import validate_request
 
 # Protocol extensions we implement (GET /v2 and ServerMetadata list them; clients probe them).
-EXTENSIONS = ["model_configuration", "binary_tensor_data", "model_repository"]
+EXTENSIONS = ["model_configuration", "binary_tensor_data", "model_repository", "classification", "statistics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,8 @@ class Engine:
         )
 
     def model_config(self, name: str, version: str = "") -> ModelConfig:
-        return self.registry.get(name, version).config
+        served = self.registry.get(name, version)
+        return public_config(served.config, served.processing)  # processing models show their public tensors
 
     def index(self) -> list[VersionRecord]:
         return self.registry.records()
@@ -102,7 +105,11 @@ class Engine:
             request.requested_outputs,
             served.optional_inputs,
         )
-        validated = served.prepare(validated)
+        if served.processing is not None:
+            # Decoding and resizing images takes milliseconds; the kernels release the GIL.
+            validated = await asyncio.to_thread(served.prepare, validated)
+        else:
+            validated = served.prepare(validated)
         priority, timeout_s = _scheduling(request, served)
         started = time.perf_counter_ns()
         try:
@@ -112,6 +119,7 @@ class Engine:
             raise
         served.stats.success.add(time.perf_counter_ns() - started)
         outputs = served.finish(outputs)
+        outputs = classify_outputs(served, request.requested_outputs, outputs)  # Triton's classification extension
         if request.requested_outputs:
             outputs = {o.name: outputs[o.name] for o in request.requested_outputs}
         return InferResponse(

@@ -6,11 +6,14 @@ and the quick-start use these models; `write_example_repository` lays them out a
 
     root/<model>/config.pbtxt        (absent for image_cnn: the server auto-completes it)
     root/<model>/1/model.onnx
+    root/<model>/1/processing.json   (image_classifier, tabular_classifier: see the README's
+                                      "Pre- and post-processing"; with labels.txt / vocabulary.json)
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import tempfile
@@ -30,7 +33,7 @@ PRODUCER_NAME = "model-runtime-examples"
 MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.pbtxt"
 
-EXAMPLE_MODELS: tuple[str, ...] = ("simple", "mlp", "image_cnn", "text")
+EXAMPLE_MODELS: tuple[str, ...] = ("simple", "mlp", "image_cnn", "text", "image_classifier", "tabular_classifier")
 
 # V2 datatype name -> ONNX element type. BYTES is ONNX STRING.
 _ONNX_ELEMENT_TYPE: dict[str, int] = {
@@ -297,6 +300,96 @@ def build_failing() -> onnx.ModelProto:
     return _model(graph)
 
 
+IMAGE_CLASSIFIER_LABELS: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+
+
+def build_image_classifier(size: int = 32, classes: int = 10, seed: int = 6) -> onnx.ModelProto:
+    """FP32 CHW images PIXELS [batch, 3, size, size] -> LOGITS [batch, classes], for pre-processing.
+
+    Conv 3->16 (3x3, pad 1) + Relu, Conv 16->16 (3x3, stride 2, pad 1) + Relu, GlobalAveragePool,
+    Flatten, Gemm (x @ fc.weight + fc.bias). Initializers conv1.weight [16, 3, 3, 3], conv1.bias,
+    conv2.weight [16, 16, 3, 3], conv2.bias, fc.weight [16, classes], fc.bias. The served model adds
+    image decoding and normalisation in front and softmax + top-k labels behind (its processing.json).
+    """
+    _require_positive(size=size, classes=classes)
+    rng = np.random.default_rng(seed)
+    width = 16
+    initializers = [
+        _initializer("conv1.weight", _he_normal(rng, 3 * 9, (width, 3, 3, 3))),
+        _initializer("conv1.bias", _small_bias(rng, width)),
+        _initializer("conv2.weight", _he_normal(rng, width * 9, (width, width, 3, 3))),
+        _initializer("conv2.bias", _small_bias(rng, width)),
+        _initializer("fc.weight", _he_normal(rng, width, (width, classes))),
+        _initializer("fc.bias", _small_bias(rng, classes)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["PIXELS", "conv1.weight", "conv1.bias"], ["conv1"], name="conv1",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv1"], ["relu1"], name="relu1"),
+        helper.make_node("Conv", ["relu1", "conv2.weight", "conv2.bias"], ["conv2"], name="conv2",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["conv2"], ["relu2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["relu2"], ["pooled"], name="pool"),
+        helper.make_node("Flatten", ["pooled"], ["features"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["features", "fc.weight", "fc.bias"], ["LOGITS"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "image_classifier",
+        inputs=[_tensor("PIXELS", TensorProto.FLOAT, ["batch", 3, size, size])],
+        outputs=[_tensor("LOGITS", TensorProto.FLOAT, ["batch", classes])],
+        initializer=initializers,
+    )
+    return _model(graph)
+
+
+# The tabular example's columns: NUMERIC [batch, 4] and CATEGORIES [batch, 2] (one-hot in FEATURES).
+TABULAR_NUMERIC_COLUMNS: tuple[str, ...] = ("age", "income", "tenure_months", "monthly_charges")
+TABULAR_VOCABULARY: dict[str, list[str]] = {
+    "country": ["de", "fr", "gb", "jp", "us"],
+    "plan": ["free", "pro", "team"],
+}
+TABULAR_LABELS: tuple[str, str] = ("stays", "churns")
+
+
+def tabular_feature_count() -> int:
+    return len(TABULAR_NUMERIC_COLUMNS) + sum(len(words) for words in TABULAR_VOCABULARY.values())
+
+
+def build_tabular_classifier(hidden: int = 16, seed: int = 8) -> onnx.ModelProto:
+    """Binary classifier FEATURES FP32 [batch, 12] -> PROBABILITY FP32 [batch, 1] (Sigmoid).
+
+    FEATURES = 4 scaled numeric columns, then one-hot country (5) and plan (3), as the served
+    model's processing.json builds them. Gemm+Relu to `hidden`, Gemm to 1, Sigmoid; initializers
+    fc1.weight [12, hidden], fc1.bias, fc2.weight [hidden, 1], fc2.bias.
+    """
+    _require_positive(hidden=hidden)
+    features = tabular_feature_count()
+    rng = np.random.default_rng(seed)
+    initializers = [
+        _initializer("fc1.weight", _he_normal(rng, features, (features, hidden))),
+        _initializer("fc1.bias", _small_bias(rng, hidden)),
+        _initializer("fc2.weight", _he_normal(rng, hidden, (hidden, 1))),
+        _initializer("fc2.bias", _small_bias(rng, 1)),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["FEATURES", "fc1.weight", "fc1.bias"], ["fc1"], name="fc1"),
+        helper.make_node("Relu", ["fc1"], ["relu1"], name="relu1"),
+        helper.make_node("Gemm", ["relu1", "fc2.weight", "fc2.bias"], ["logit"], name="fc2"),
+        helper.make_node("Sigmoid", ["logit"], ["PROBABILITY"], name="sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tabular_classifier",
+        inputs=[_tensor("FEATURES", TensorProto.FLOAT, ["batch", features])],
+        outputs=[_tensor("PROBABILITY", TensorProto.FLOAT, ["batch", 1])],
+        initializer=initializers,
+    )
+    return _model(graph)
+
+
 # ---------------------------------------------------------------------------------------
 # config.pbtxt texts (Triton's ModelConfig in protobuf text format)
 
@@ -344,6 +437,101 @@ output [
   { name: "LOWER" data_type: TYPE_STRING dims: [ -1 ] }
 ]
 """
+
+
+_IMAGE_CLASSIFIER_CONFIG = """\
+name: "image_classifier"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [
+  { name: "PIXELS" data_type: TYPE_FP32 dims: [ 3, 32, 32 ] }
+]
+output [
+  { name: "LOGITS" data_type: TYPE_FP32 dims: [ 10 ] }
+]
+dynamic_batching {
+  max_queue_delay_microseconds: 1000
+}
+"""
+
+# Clients send encoded JPEG/PNG (or its base64 text, for curl) as IMAGE [batch, 1]; the server decodes,
+# resizes the shorter side to 36, centre-crops 32x32, normalises with CIFAR-10's mean/std into PIXELS.
+IMAGE_CLASSIFIER_PROCESSING: dict[str, object] = {
+    "preprocess": [
+        {
+            "type": "image",
+            "input": "IMAGE",
+            "model_input": "PIXELS",
+            "format": "encoded",
+            "base64": True,
+            "resize": {"shorter_side": 36},
+            "scale": 1.0 / 255.0,
+            "mean": [0.4914, 0.4822, 0.4465],
+            "std": [0.247, 0.243, 0.261],
+        }
+    ],
+    "postprocess": [
+        {"type": "softmax", "input": "LOGITS", "output": "PROBABILITIES"},
+        {
+            "type": "topk",
+            "input": "PROBABILITIES",
+            "k": 3,
+            "labels": "labels.txt",
+            "outputs": {"labels": "LABELS", "scores": "SCORES"},
+        },
+    ],
+    "outputs": ["PROBABILITIES", "LABELS", "SCORES"],
+}
+
+_TABULAR_CLASSIFIER_CONFIG = """\
+name: "tabular_classifier"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [
+  { name: "FEATURES" data_type: TYPE_FP32 dims: [ 12 ] }
+]
+output [
+  { name: "PROBABILITY" data_type: TYPE_FP32 dims: [ 1 ] }
+]
+dynamic_batching {
+  max_queue_delay_microseconds: 500
+}
+"""
+
+TABULAR_CLASSIFIER_PROCESSING: dict[str, object] = {
+    "preprocess": [
+        {
+            "type": "numeric",
+            "input": "NUMERIC",
+            "model_input": "FEATURES",
+            "columns": [
+                {"name": "age", "fill": 45.0, "clip": [18, 100], "standardize": {"mean": 45.0, "std": 15.0}},
+                {"name": "income", "missing": "error", "clip": [0, None], "minmax": {"min": 0.0, "max": 200000.0}},
+                {"name": "tenure_months", "fill": 0.0, "standardize": {"mean": 24.0, "std": 18.0}},
+                {"name": "monthly_charges", "missing": "error", "standardize": {"mean": 60.0, "std": 30.0}},
+            ],
+        },
+        {
+            "type": "categorical",
+            "input": "CATEGORIES",
+            "model_input": "FEATURES",
+            "vocabulary": "vocabulary.json",
+            "columns": ["country", "plan"],
+            "encoding": "onehot",
+            "unknown": "error",
+        },
+    ],
+    "postprocess": [
+        {
+            "type": "threshold",
+            "input": "PROBABILITY",
+            "threshold": 0.5,
+            "labels": list(TABULAR_LABELS),
+            "outputs": {"label": "LABEL", "index": "CLASS_ID"},
+        }
+    ],
+    "outputs": ["PROBABILITY", "LABEL", "CLASS_ID"],
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,4 +590,29 @@ def write_example_repository(root: Path) -> Path:
     save_model(build_image_cnn(), root, "image_cnn")
     (root / "image_cnn" / CONFIG_FILENAME).unlink(missing_ok=True)
     save_model(build_text(), root, "text", config_pbtxt=_TEXT_CONFIG)
+    save_model(build_image_classifier(), root, "image_classifier", config_pbtxt=_IMAGE_CLASSIFIER_CONFIG)
+    _write_files(
+        root / "image_classifier" / "1",
+        {
+            "processing.json": _json_text(IMAGE_CLASSIFIER_PROCESSING),
+            "labels.txt": "".join(f"{label}\n" for label in IMAGE_CLASSIFIER_LABELS),
+        },
+    )
+    save_model(build_tabular_classifier(), root, "tabular_classifier", config_pbtxt=_TABULAR_CLASSIFIER_CONFIG)
+    _write_files(
+        root / "tabular_classifier" / "1",
+        {
+            "processing.json": _json_text(TABULAR_CLASSIFIER_PROCESSING),
+            "vocabulary.json": _json_text(TABULAR_VOCABULARY),
+        },
+    )
     return root
+
+
+def _json_text(value: object) -> str:
+    return json.dumps(value, indent=2) + "\n"
+
+
+def _write_files(directory: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        _write_atomically(directory / name, text.encode("utf-8"))

@@ -30,7 +30,12 @@ from runtime.examples import (
 
 Array = npt.NDArray[Any]
 PROTOS = Path(__file__).resolve().parents[1] / "protos"
-CONFIGURED_MODELS = ("simple", "mlp", "text")
+CONFIGURED_MODELS = ("simple", "mlp", "text", "image_classifier", "tabular_classifier")
+# Files beside model.onnx in version 1 (the processing examples; see tests/processing for what they do).
+VERSION_FILES = {
+    "image_classifier": ("processing.json", "labels.txt"),
+    "tabular_classifier": ("processing.json", "vocabulary.json"),
+}
 
 NUMPY_DTYPE: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -155,9 +160,10 @@ def test_repository_holds_exactly_the_example_models(repository: Path) -> None:
     expected = sorted(
         [f"{name}/1/model.onnx" for name in EXAMPLE_MODELS]
         + [f"{name}/config.pbtxt" for name in CONFIGURED_MODELS]
+        + [f"{name}/1/{file}" for name, files in VERSION_FILES.items() for file in files]
     )
     assert files == expected
-    assert EXAMPLE_MODELS == ("simple", "mlp", "image_cnn", "text")
+    assert EXAMPLE_MODELS == ("simple", "mlp", "image_cnn", "text", "image_classifier", "tabular_classifier")
 
 
 @pytest.mark.parametrize("name", EXAMPLE_MODELS)

@@ -3,14 +3,25 @@
 `load_processing` reads a model's processing spec; the ServedModel then validates requests
 against `public_inputs`, runs `preprocess` per request before batching and `postprocess` per
 request after the split, so clients see one model.
+
+Modules: spec (processing.json -> checked step specs), image / tabular / postprocess (the steps),
+pipeline (steps bound to the model's config), kernels (picks the Cython build of csrc/processing.pyx
+or the numpy twins in _py), classification (Triton's classification extension, for every model).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Protocol
 
+from runtime.errors import ModelLoadError
+from runtime.processing.classification import classify_outputs, config_labels
+from runtime.processing.pipeline import Pipeline
+from runtime.processing.spec import SpecError, find_spec, read_spec
 from runtime.repository.model_config import ModelConfig
-from runtime.types import Array, TensorSpec
+from runtime.server._pb import model_config_pb2 as mc
+from runtime.types import DATATYPE_TO_CONFIG, Array, TensorSpec
+
+__all__ = ["Pipeline", "Processing", "classify_outputs", "load_processing", "public_config"]
 
 
 class Processing(Protocol):
@@ -34,5 +45,42 @@ class Processing(Protocol):
 
 
 def load_processing(model_dir: Path, version_dir: Path, config: ModelConfig) -> Processing | None:
-    """The model version's processing, or None when it declares none."""
-    return None
+    """The model version's processing, or None when it declares none.
+
+    The spec is `<version>/processing.json`, else `<model>/processing.json`. Also checks that the outputs'
+    label_filename files can be read (Triton refuses to load without them). Raises ModelLoadError naming
+    the file, step and field.
+    """
+    labels = config_labels(model_dir, config, version_dir)
+    path = find_spec(model_dir, version_dir)
+    if path is None:
+        return None
+    try:
+        return Pipeline(read_spec(path, version_dir), config, labels)
+    except SpecError as exc:
+        raise ModelLoadError(f"model {config.name!r}: {path}: {exc}") from None
+
+
+def public_config(config: ModelConfig, processing: Processing | None) -> ModelConfig:
+    """The config clients see: with processing, its public inputs and outputs replace the model's own."""
+    if processing is None:
+        return config
+    public = ModelConfig()
+    public.CopyFrom(config)
+    batched = config.max_batch_size > 0
+    labels = {t.name: t.label_filename for t in config.output if t.label_filename}
+    del public.input[:]
+    del public.output[:]
+    for spec in processing.public_inputs:
+        model_input = public.input.add()
+        model_input.name = spec.name
+        model_input.data_type = mc.DataType.Value(DATATYPE_TO_CONFIG[spec.datatype])  # type: ignore[assignment]
+        model_input.dims.extend(spec.shape[1:] if batched else spec.shape)
+    for spec in processing.public_outputs:
+        model_output = public.output.add()
+        model_output.name = spec.name
+        model_output.data_type = mc.DataType.Value(DATATYPE_TO_CONFIG[spec.datatype])  # type: ignore[assignment]
+        model_output.dims.extend(spec.shape[1:] if batched else spec.shape)
+        if spec.name in labels:
+            model_output.label_filename = labels[spec.name]
+    return public

@@ -72,6 +72,13 @@ def fingerprint(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> 
             except FileNotFoundError:
                 continue
             files.append((str(path.relative_to(version_dir)), stat.st_size, stat.st_mtime_ns))
+    # Model-level files that shape every version (the processing spec) count too.
+    for shared in ("processing.json",):
+        try:
+            stat = (model_dir.path / shared).stat()
+        except FileNotFoundError:
+            continue
+        files.append((f"../{shared}", stat.st_size, stat.st_mtime_ns))
     return VersionFingerprint(declared.SerializeToString(deterministic=True), tuple(sorted(files)))
 
 
