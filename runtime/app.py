@@ -26,6 +26,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)  # structured fields, e.g. the sampled request log
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                entry.setdefault(key, value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -68,8 +72,8 @@ async def serve(settings: Settings) -> int:
     from runtime.server.grpc import GrpcServer
     from starlette.applications import Starlette
 
-    from runtime.server import repository
-    from runtime.server.http import AsgiServer, http_server
+    from runtime.server import repository, stats
+    from runtime.server.http import AsgiServer, http_server, openapi_route
     from runtime.server.repository import Admin
 
     if settings.model_repository is None:
@@ -79,15 +83,20 @@ async def serve(settings: Settings) -> int:
         log.info("serving the built-in examples from %s", settings.example_repository)
     log.info("model-runtime %s; codec implementation: %s", __version__, codec.IMPLEMENTATION)
 
-    registry = ModelRegistry(RepositoryStore(settings.repository), settings)
+    observer = metrics.observer_for(settings)
+    registry = ModelRegistry(RepositoryStore(settings.repository), settings, observer=observer)
     await load_models(registry, settings)
-    engine = Engine(registry)
+    engine = Engine(registry, observer=observer)
 
     admin = Admin(registry, settings)
     # With --admin-port the admin API lives only there (HTTP), never on the public ports.
     public_admin = settings.admin_port is None
-    http_extensions = [*(repository.http_routes(admin, settings) if public_admin else [])]
-    grpc_extensions = [*([repository.grpc_handler(admin)] if public_admin else [])]
+    http_extensions = [
+        *stats.http_routes(engine),
+        *(repository.http_routes(admin, settings) if public_admin else []),
+        openapi_route(),
+    ]
+    grpc_extensions = [stats.grpc_handler(engine), *([repository.grpc_handler(admin)] if public_admin else [])]
     http = http_server(engine, settings, http_extensions) if settings.allow_http else None
     grpc_server = GrpcServer(engine, settings, grpc_extensions) if settings.allow_grpc else None
     admin_server = (
@@ -103,10 +112,11 @@ async def serve(settings: Settings) -> int:
     poller = start_poller(registry, settings)
     metrics_server = (
         AsgiServer(
-            metrics.build_app(metrics.build_registry(registry)),
+            metrics.build_app(metrics.build_registry(registry, observer)),
             settings.metrics_address,
             settings.metrics_port,
             settings,
+            tls=False,  # like Triton's: scrapers read plain HTTP on a port that carries no requests
         )
         if settings.allow_metrics
         else None
@@ -135,24 +145,23 @@ async def serve(settings: Settings) -> int:
     engine.stop_accepting()
     if poller is not None:
         poller.cancel()
-    if admin_server is not None:
-        await admin_server.stop()
     if grpc_server is not None:
         await grpc_server.set_not_serving()
-    stopping = []
-    if http is not None:
-        stopping.append(http.stop())
+    # Each server stops accepting at once, then waits (up to the grace period) for what it accepted.
+    stopping = [server.stop() for server in (http, admin_server) if server is not None]
     if grpc_server is not None:
         stopping.append(grpc_server.stop(settings.exit_timeout_secs))
-    await asyncio.gather(*stopping)
+    drained = all(await asyncio.gather(*stopping))
     try:
         remaining = max(0.1, settings.exit_timeout_secs - (time.monotonic() - started))
         await asyncio.wait_for(registry.close(), remaining)
     except TimeoutError:
-        log.error("grace period over with requests still queued; exiting anyway")
-        return 1
+        drained = False
     if metrics_server is not None:
         await metrics_server.stop()
+    if not drained:
+        log.error("grace period (%.0fs) over with requests unfinished; they were cancelled", settings.exit_timeout_secs)
+        return 1
     log.info("stopped cleanly in %.2fs", time.monotonic() - started)
     return 0
 

@@ -132,6 +132,11 @@ class Settings:
             "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10",
         ],
     )
+    metrics_detail: Literal["full", "basic", "off"] = _doc(
+        "full: every metric incl. prediction distribution and drift; basic: request, latency and batch "
+        "metrics only; off: record nothing (the endpoint still serves process metrics).",
+        default="full",
+    )
     drift_window: int = _doc("Predictions kept in the sliding window behind each drift score.", default=1000)
     request_log_sample_rate: float = _doc(
         "Fraction of requests logged (one line each, JSON with --log-format json); 0 logs none.", default=0.0

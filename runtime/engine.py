@@ -88,6 +88,7 @@ class Engine:
         served: ServedModel | None = None
         try:
             served = self.registry.get(request.model_name, request.model_version)
+            self.observer.request_started(request, served)
             response = await self._infer(served, request)
         except BaseException as error:
             self.observer.request_finished(request, served, outcome_of(error), time.perf_counter() - started)

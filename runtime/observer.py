@@ -61,6 +61,8 @@ class BatchTiming:
 
 
 class Observer(Protocol):
+    def request_started(self, request: InferRequest, model: ServedModel) -> None: ...
+
     def request_finished(
         self, request: InferRequest, model: ServedModel | None, outcome: str, seconds: float
     ) -> None: ...
@@ -71,6 +73,9 @@ class Observer(Protocol):
 
 
 class NullObserver:
+    def request_started(self, request: InferRequest, model: ServedModel) -> None:
+        pass
+
     def request_finished(
         self, request: InferRequest, model: ServedModel | None, outcome: str, seconds: float
     ) -> None:

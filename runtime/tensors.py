@@ -25,10 +25,18 @@ def numpy_dtype(datatype: str, tensor: str) -> np.dtype:  # type: ignore[type-ar
         raise InvalidInput(f"input {tensor!r}: unknown datatype {datatype!r} (one of {known})") from None
 
 
+# No tensor gets near this many elements (a request is bytes-limited long before), and numpy cannot
+# even describe a shape whose non-zero dims multiply past intp: such shapes are refused up front.
+_MAX_ELEMENTS = np.iinfo(np.intp).max // 16
+
+
 def check_shape(shape: Sequence[int], tensor: str) -> tuple[int, ...]:
     if any(dim < 0 for dim in shape):
         raise InvalidInput(f"input {tensor!r}: shape {list(shape)} has a negative dimension")
-    return tuple(int(dim) for dim in shape)
+    dims = tuple(int(dim) for dim in shape)
+    if element_count([dim for dim in dims if dim]) > _MAX_ELEMENTS:
+        raise InvalidInput(f"input {tensor!r}: shape {list(dims)} is too large")
+    return dims
 
 
 def array_from_raw(raw: bytes | memoryview, datatype: str, shape: Sequence[int], tensor: str) -> Array:

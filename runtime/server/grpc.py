@@ -114,7 +114,7 @@ def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) 
     requested = [
         RequestedOutput(
             output.name,
-            classification=int(_param_value(output.parameters["classification"]) or 0)
+            classification=_classification(output.parameters["classification"], output.name)
             if "classification" in output.parameters
             else 0,
         )
@@ -130,6 +130,15 @@ def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) 
         deadline=deadline,
         protocol="grpc",
     )
+
+
+def _classification(param: pb.InferParameter, output: str) -> int:
+    value = _param_value(param) or 0
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"output {output!r}: parameter 'classification' must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _array_from_contents(tensor: pb.ModelInferRequest.InferInputTensor, name: str) -> Array:
@@ -292,28 +301,156 @@ def _inference_handler(service: InferenceService) -> grpc.GenericRpcHandler:
     return generic_handler(handlers)
 
 
+# Limits against clients that hold streams or connections without using them (GrpcServer arguments).
+MAX_CONCURRENT_RPCS = 4096  # beyond it a new call is RESOURCE_EXHAUSTED at once
+MAX_STREAMS_PER_CONNECTION = 1024  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one client cannot take all calls
+STREAM_IDLE_TIMEOUT_S = 300.0  # a stream with nothing pending and no request for this long is ended
+
+
+class _Activity:
+    """What one bidirectional stream has been doing: requests read, answers written, last of either."""
+
+    __slots__ = ("answered", "last", "received")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.answered = 0
+        self.last = time.monotonic()
+
+    @property
+    def idle(self) -> bool:
+        return self.answered >= self.received
+
+
+class StreamGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Ends a bidirectional stream that has nothing pending and has sent no request for `idle_timeout_s`
+    (DEADLINE_EXCEEDED), and, once the server is stopping, one with nothing pending (UNAVAILABLE), so an
+    idle stream pins neither a call slot nor the shutdown. Streams with answers pending go on as usual.
+    """
+
+    def __init__(self, idle_timeout_s: float) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self._stopping: asyncio.Event | None = None  # made inside the running loop
+
+    def _stop_event(self) -> asyncio.Event:
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        return self._stopping
+
+    def stop(self) -> None:
+        self._stop_event().set()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None or handler.stream_stream is None:
+            return handler
+        return grpc.stream_stream_rpc_method_handler(
+            self._guarded(handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _guarded(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def counted(requests: AsyncIterator[Any], activity: _Activity) -> AsyncIterator[Any]:
+            async for request in requests:
+                activity.received += 1
+                activity.last = time.monotonic()
+                yield request
+
+        async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            activity = _Activity()
+            answers = behavior(counted(requests, activity), context).__aiter__()
+            stopping = asyncio.ensure_future(self._stop_event().wait())
+            try:
+                while True:
+                    step = asyncio.ensure_future(answers.__anext__())
+                    ended = await self._wait(step, stopping, activity)
+                    if ended is not None:
+                        step.cancel()
+                        try:
+                            await step
+                        except (asyncio.CancelledError, StopAsyncIteration):
+                            pass
+                        await context.abort(*ended)
+                    try:
+                        answer = step.result()
+                    except StopAsyncIteration:
+                        return
+                    activity.answered += 1
+                    activity.last = time.monotonic()
+                    yield answer
+            finally:
+                stopping.cancel()
+
+        return guarded
+
+    async def _wait(
+        self, step: asyncio.Future[Any], stopping: asyncio.Future[Any], activity: _Activity
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """Wait for the next answer; a (code, message) to end the stream with instead, if it should end."""
+        while not step.done():
+            timeout: float | None = None
+            if activity.idle:
+                if stopping.done():
+                    return grpc.StatusCode.UNAVAILABLE, "server shutting down; reopen the stream on another server"
+                timeout = activity.last + self.idle_timeout_s - time.monotonic()
+                if timeout <= 0:
+                    return (
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"stream idle for {self.idle_timeout_s:g}s with nothing pending; reopen it to send more",
+                    )
+            waiting = (step,) if stopping.done() else (step, stopping)
+            await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        return None
+
+
 class GrpcServer:
+    """The gRPC endpoint: TLS (optionally mutual) when the settings name certificate files, and limits
+    (see MAX_CONCURRENT_RPCS and the others above) so idle or stalled clients cannot exhaust it.
+    """
+
     def __init__(
-        self, engine: Engine, settings: Settings, extensions: Sequence[grpc.GenericRpcHandler] = ()
+        self,
+        engine: Engine,
+        settings: Settings,
+        extensions: Sequence[grpc.GenericRpcHandler] = (),
+        *,
+        max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
+        max_streams_per_connection: int = MAX_STREAMS_PER_CONNECTION,
+        stream_idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S,
     ) -> None:
         limit = settings.max_request_bytes
+        credentials = _server_credentials(settings)
+        self._guard = StreamGuard(stream_idle_timeout_s)
         self._server = grpc.aio.server(
+            interceptors=[self._guard],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
-                # Idle or stalled connections cannot pin resources forever.
+                ("grpc.max_concurrent_streams", max_streams_per_connection),
+                # Idle or stalled connections cannot pin resources forever: a connection with no
+                # call is closed after 5 minutes, a peer that stops answering pings after 80 s.
                 ("grpc.max_connection_idle_ms", 5 * 60 * 1000),
                 ("grpc.keepalive_time_ms", 60 * 1000),
                 ("grpc.keepalive_timeout_ms", 20 * 1000),
             ],
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         self._server.add_generic_rpc_handlers((_inference_handler(InferenceService(engine)), *extensions))
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         host = settings.grpc_address
         address = f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
-        self.port = self._server.add_insecure_port(address)
+        self.tls = credentials is not None
+        if credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC to {address}")
 
@@ -330,5 +467,25 @@ class GrpcServer:
             if asyncio.iscoroutine(result):
                 await result
 
-    async def stop(self, grace_s: float) -> None:
+    async def stop(self, grace_s: float) -> bool:
+        """Refuse new calls, end idle streams, let running calls finish for up to grace_s, cancel the rest.
+
+        True when every call finished within the grace period.
+        """
+        started = time.monotonic()
+        self._guard.stop()
         await self._server.stop(grace_s)
+        return time.monotonic() - started < grace_s
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    cert, key, client_ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    if cert is None and key is None and client_ca is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("TLS needs both --tls-cert-file and --tls-key-file (--tls-client-ca-file is optional)")
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())],
+        root_certificates=client_ca.read_bytes() if client_ca is not None else None,
+        require_client_auth=client_ca is not None,
+    )

@@ -9,16 +9,20 @@ import contextlib
 import functools
 import gzip
 import logging
+import math
 import socket
+import ssl
 import zlib
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 import orjson
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from runtime import codec
 from runtime.config import Settings
@@ -68,6 +72,8 @@ def answers_errors(handler: Handler) -> Handler:
             return await handler(request)
         except RuntimeServingError as exc:
             return error_response(STATUS_BY_CODE[exc.code], exc.message)
+        except ClientDisconnect:  # gone mid-body (or cut off as too slow): nobody to answer
+            return error_response(STATUS_BY_CODE[Code.CANCELLED], "client disconnected")
         except Exception as exc:  # never let one request take the server down
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
@@ -80,7 +86,7 @@ def answers_errors(handler: Handler) -> Handler:
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _digits(declared) and (len(declared) > 19 or int(declared) > limit):
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -110,12 +116,17 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²' and other digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
     """The JSON header as an object, and the binary section after it (empty without the extension)."""
     if header_length is None:
         json_part, binary = body, memoryview(b"")
     else:
-        if not header_length.isdigit():
+        if not _digits(header_length) or len(header_length) > 19:
             raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a non-negative integer")
         length = int(header_length)
         if length > len(body):
@@ -304,7 +315,8 @@ def build_app(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute
     for suffix, handler, methods in model_routes:
         routes.append(Route("/v2/models/{model}" + suffix, handler, methods=methods))
         routes.append(Route("/v2/models/{model}/versions/{version}" + suffix, handler, methods=methods))
-    return Starlette(routes=[*routes, *extensions])
+    # Extensions first: their fixed paths (GET /v2/models/stats) must win over /v2/models/{model}.
+    return Starlette(routes=[*extensions, *routes])
 
 
 def _model_and_version(request: Request) -> tuple[str, str]:
@@ -330,34 +342,268 @@ def _cancelled_on_disconnect(request: Request) -> Iterator[None]:
         watcher.cancel()
 
 
+def openapi_route() -> Route:
+    """GET /v2/openapi.yaml: the OpenAPI description of our HTTP endpoints (runtime/server/openapi.yaml)."""
+    document = (Path(__file__).parent / "openapi.yaml").read_bytes()
+
+    async def openapi(request: Request) -> Response:
+        return Response(document, media_type="application/yaml")
+
+    return Route("/v2/openapi.yaml", openapi, methods=["GET"])
+
+
 # ---- serving ------------------------------------------------------------------------------------
 
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the app's shutdown sequence owns the signals."""
 
+    drained: bool = True
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        # uvicorn cancels the requests still running when its grace period is over; they are
+        # still in the set right after (a cancelled task needs a loop turn to finish).
+        self.drained = not self.server_state.tasks
+
+
+_OVERLOADED = orjson.dumps({"error": "too many concurrent HTTP connections or requests; retry later"})
+
+
+async def _overloaded(scope: Any, receive: Any, send: Any) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", _JSON.encode()),
+                (b"content-length", str(len(_OVERLOADED)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _OVERLOADED})
+
+
+_SHUTTING_DOWN = orjson.dumps({"error": "server shutting down: the request did not finish within the grace period"})
+
+
+def _answers_cancellation(app: Any) -> Any:
+    """ASGI wrapper: a request cancelled by uvicorn when the grace period runs out is answered 503 in
+    JSON, and one cancelled because its client went away ends quietly, instead of uvicorn's
+    'Exception in ASGI application' traceback and text 500 for both.
+    """
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if scope["type"] != "http" or task is None:
+                raise
+            if hasattr(task, "uncancel"):  # Python >= 3.11: this task goes on to answer
+                task.uncancel()
+            if not started:
+                headers = [(b"content-type", _JSON.encode()), (b"connection", b"close")]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": _SHUTTING_DOWN})
+
+    return wrapped
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the limits it lacks against slow or stalled clients.
+
+    - A request's headers and body must arrive within `request_timeout_s` of its first byte (of the
+      connection, for the first request): slowloris clients get 408 and are disconnected.
+    - Headers larger than `max_header_bytes` get 431 (httptools itself buffers them without bound).
+    - A client that stops reading its answer for `request_timeout_s` is disconnected.
+    - Beyond `max_connections` connections, or as many running requests, requests are answered
+      503 with our JSON error at once (uvicorn's own limit answers text and logs each one).
+    Idle keep-alive connections are uvicorn's `timeout_keep_alive`.
+    """
+
+    request_timeout_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
+    max_connections: int = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit_concurrency = None  # enforced below, answered in JSON
+        self._read_deadline: asyncio.TimerHandle | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._reading_headers = True
+        self._discarding = False  # answered and closing: input is read and dropped
+
+    @classmethod
+    def configured(
+        cls, request_timeout_s: float, max_header_bytes: int, max_connections: int
+    ) -> type[GuardedHttpToolsProtocol]:
+        """A subclass with these limits (uvicorn makes one protocol object per connection)."""
+
+        class Configured(cls):  # type: ignore[valid-type,misc]
+            pass
+
+        Configured.request_timeout_s = request_timeout_s
+        Configured.max_header_bytes = max_header_bytes
+        Configured.max_connections = max_connections
+        return Configured
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_read_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for handle in (self._read_deadline, self._write_deadline):
+            if handle is not None:
+                handle.cancel()
+        self._read_deadline = self._write_deadline = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        if self._reading_headers:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self._reading_headers and self._header_bytes > self.max_header_bytes:
+            self._refuse(431, f"request headers exceed {self.max_header_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._read_deadline is None:
+            self._arm_read_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._header_bytes = 0
+        busy = len(self.connections) > self.max_connections or len(self.tasks) >= self.max_connections
+        app = self.app
+        if busy:
+            self.app = _overloaded
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+        self._reading_headers = True
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.request_timeout_s, self._stalled_reader)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _arm_read_deadline(self) -> None:
+        self._read_deadline = self.loop.call_later(self.request_timeout_s, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._read_deadline = None
+        if self.transport.is_closing():
+            return
+        waiting_for_body = self.cycle is not None and not self.cycle.response_complete
+        if not waiting_for_body and not self._header_bytes:
+            self.transport.close()  # connected, never sent a byte: like an idle keep-alive
+            return
+        self._refuse(408, f"request headers and body not received within {self.request_timeout_s:g}s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        if self.transport.is_closing() or self._discarding:
+            return
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+        if not self._reading_headers and self.cycle is not None and self.cycle.response_started:
+            self.transport.close()  # the app is answering already: cut it short
+            return
+        body = orjson.dumps({"error": message})
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        # Close our side but read (and drop) what the client still sends for a moment: closing with
+        # unread input makes the kernel reset the connection, and the client may lose our answer.
+        self._discarding = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(1.0, self.transport.close)
+        else:
+            self.transport.close()
+
+    def _stalled_reader(self) -> None:
+        self._write_deadline = None
+        self.transport.abort()  # close() would wait for the buffer to drain, which it never does
+
+
+def tls_files(settings: Settings) -> tuple[str, str, str | None] | None:
+    """(certificate, key, client CA or None) when TLS is configured; an error if half of it is."""
+    cert, key, client_ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    if cert is None and key is None and client_ca is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("TLS needs both --tls-cert-file and --tls-key-file (--tls-client-ca-file is optional)")
+    return str(cert), str(key), str(client_ca) if client_ca is not None else None
+
 
 class AsgiServer:
-    """One ASGI app served by uvicorn on its own socket, inside the running event loop."""
+    """One ASGI app served by uvicorn on its own socket, inside the running event loop.
 
-    def __init__(self, app: Any, address: str, port: int, settings: Settings) -> None:
-        self._socket = _bind(address, port)
-        self.port: int = self._socket.getsockname()[1]
+    With `tls` and TLS files in the settings it serves HTTPS, requiring client certificates signed
+    by --tls-client-ca-file when that is set.
+    """
+
+    def __init__(self, app: Any, address: str, port: int, settings: Settings, *, tls: bool = True) -> None:
+        files = tls_files(settings) if tls else None
+        tls_options: dict[str, Any] = {}
+        if files is not None:
+            cert, key, client_ca = files
+            tls_options = {"ssl_certfile": cert, "ssl_keyfile": key}
+            if client_ca is not None:
+                tls_options |= {"ssl_ca_certs": client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        protocol = GuardedHttpToolsProtocol.configured(
+            request_timeout_s=settings.http_header_timeout_secs,
+            max_header_bytes=64 * 1024,
+            max_connections=settings.http_max_connections,
+        )
         config = uvicorn.Config(
-            app,
+            _answers_cancellation(app),
             loop="none",
-            http="httptools",
+            http=protocol,
+            ws="none",
             lifespan="off",
             access_log=False,
             log_config=None,
-            timeout_keep_alive=int(settings.http_keep_alive_timeout_secs),
-            timeout_graceful_shutdown=int(settings.exit_timeout_secs),
-            h11_max_incomplete_event_size=64 * 1024,
+            timeout_keep_alive=max(1, math.ceil(settings.http_keep_alive_timeout_secs)),
+            timeout_graceful_shutdown=max(1, math.ceil(settings.exit_timeout_secs)),
+            **tls_options,
         )
+        config.load()  # a bad certificate or key fails here, before anything is bound
+        self.tls = files is not None
+        self._socket = _bind(address, port)
+        self.port: int = self._socket.getsockname()[1]
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
@@ -368,11 +614,15 @@ class AsgiServer:
                 self._task.result()
             await asyncio.sleep(0.01)
 
-    async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (uvicorn waits for them), then close."""
+    async def stop(self) -> bool:
+        """Stop accepting, let in-flight requests finish (uvicorn waits for them), then close.
+
+        True when every request finished within the grace period (--exit-timeout-secs).
+        """
         self._server.should_exit = True
         if self._task is not None:
             await self._task
+        return self._server.drained
 
 
 def http_server(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> AsgiServer:
