@@ -17,27 +17,16 @@ All of them raise CodecError (a ValueError) naming the flat element index and th
 """
 from __future__ import annotations
 
-import os
-
+from runtime._extensions import compiled
 from runtime.codec import _py
 from runtime.codec._errors import CodecError
 
 __all__ = ["IMPLEMENTATION", "CodecError", "array_to_json", "decode_bytes", "encode_bytes", "json_to_array"]
 
+_fast = compiled("runtime.codec._codec")
 #: "cython" when the compiled functions are in use (those listed above), else "python"; the server logs it.
-IMPLEMENTATION: str = "python"
-decode_bytes = _py.decode_bytes
-encode_bytes = _py.encode_bytes
-json_to_array = _py.json_to_array
+IMPLEMENTATION: str = "cython" if _fast else "python"
+decode_bytes = (_fast or _py).decode_bytes
+encode_bytes = (_fast or _py).encode_bytes
+json_to_array = (_fast or _py).json_to_array
 array_to_json = _py.array_to_json
-
-if os.environ.get("RUNTIME_NO_EXTENSIONS") != "1":
-    try:
-        from runtime.codec import _codec
-    except ImportError:
-        pass
-    else:
-        IMPLEMENTATION = "cython"
-        decode_bytes = _codec.decode_bytes
-        encode_bytes = _codec.encode_bytes
-        json_to_array = _codec.json_to_array

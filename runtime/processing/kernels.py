@@ -18,28 +18,16 @@ RUNTIME_NO_EXTENSIONS=1, or an extension that is not built, gives the numpy twin
 """
 from __future__ import annotations
 
-import os
-
+from runtime._extensions import compiled
 from runtime.processing import _py
 
 __all__ = ["IMPLEMENTATION", "encode_categories", "resize_normalize", "scale_columns", "softmax", "topk"]
 
+_fast = compiled("runtime.processing._processing")
 #: "cython" when the compiled kernels are in use, else "python".
-IMPLEMENTATION: str = "python"
-resize_normalize = _py.resize_normalize
-scale_columns = _py.scale_columns
-encode_categories = _py.encode_categories
+IMPLEMENTATION: str = "cython" if _fast else "python"
+resize_normalize = (_fast or _py).resize_normalize
+scale_columns = (_fast or _py).scale_columns
+encode_categories = (_fast or _py).encode_categories
+topk = (_fast or _py).topk
 softmax = _py.softmax
-topk = _py.topk
-
-if os.environ.get("RUNTIME_NO_EXTENSIONS") != "1":
-    try:
-        from runtime.processing import _processing
-    except ImportError:
-        pass
-    else:
-        IMPLEMENTATION = "cython"
-        resize_normalize = _processing.resize_normalize
-        scale_columns = _processing.scale_columns
-        encode_categories = _processing.encode_categories
-        topk = _processing.topk
