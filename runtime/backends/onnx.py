@@ -34,6 +34,29 @@ def cuda_available() -> bool:
     return CUDA in ort.get_available_providers()
 
 
+_cuda_libraries_loaded = False
+
+
+def _load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels (or PyTorch's copies) before the first CUDA session.
+
+    onnxruntime-gpu does not find the pip-installed CUDA libraries by itself unless they are on
+    LD_LIBRARY_PATH; without this, a machine with a GPU and `pip install onnxruntime-gpu[cuda,cudnn]`
+    would silently fall back to CPU.
+    """
+    global _cuda_libraries_loaded
+    if _cuda_libraries_loaded or not cuda_available():
+        return
+    _cuda_libraries_loaded = True
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # missing wheels are fine: the system's libraries may still serve
+        log.info("onnxruntime.preload_dlls() did not load CUDA libraries: %s", exc)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionSpec:
     """Everything needed to open the sessions of one model version."""
@@ -91,6 +114,7 @@ class OnnxBackend:
             options.add_session_config_entry(key, value)
         providers: list[Any]
         if spec.device in ("cuda", "auto"):
+            _load_cuda_libraries()
             gpu = spec.gpu_ids[index % len(spec.gpu_ids)]
             cuda_options = {
                 "device_id": gpu,
