@@ -93,7 +93,8 @@ class OnnxBackend:
                 )
             if spec.device == "auto":
                 log.warning("%s: CUDA is not usable here; running on CPU", spec.model_path)
-        self._use_io_binding = CUDA in self._providers
+        # ORT binds only non-string tensors; a model with string inputs or outputs runs unbound.
+        self._use_io_binding = CUDA in self._providers and not _has_string_tensors(self._sessions[0])
         log.info(
             "opened %s: %d instance(s) on %s, intra_op_threads=%d",
             spec.model_path, spec.instance_count, ",".join(self._providers), spec.intra_op_threads,
@@ -184,6 +185,10 @@ class OnnxBackend:
 
     def close(self) -> None:
         self._sessions.clear()
+
+
+def _has_string_tensors(session: ort.InferenceSession) -> bool:
+    return any(node.type == "tensor(string)" for node in [*session.get_inputs(), *session.get_outputs()])
 
 
 def default_intra_op_threads(instance_count: int) -> int:
