@@ -58,6 +58,12 @@ class Settings:
         default="auto",
     )
     gpu_device_id: int = _doc("CUDA device used when a model's instance_group names no gpus.", default=0)
+    cuda_tf32: bool = _doc(
+        "Let CUDA run float32 matrix products and convolutions on TF32 tensor cores (Ampere and newer): "
+        "faster for large layers, about 1e-4 to 1e-3 relative error. Off, float32 results match the CPU's "
+        "to rounding.",
+        default=False,
+    )
     intra_op_threads: int = _doc(
         "ONNX Runtime intra-op threads per model instance; 0 sizes it from the cores present "
         "(cores // 2 // instances, at least 1, leaving room for the event loop).",

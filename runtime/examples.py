@@ -276,13 +276,19 @@ def build_identity(datatype: str, batched: bool = True) -> onnx.ModelProto:
     return _model(graph)
 
 
+# Pins the failing model to the CPU provider: CUDA's Gather does not check indices, so there the
+# model would return garbage instead of raising.
+FAILING_INSTANCE_GROUP = "instance_group { kind: KIND_CPU }\n"
+
+
 def build_failing() -> onnx.ModelProto:
     """A model that runs on some inputs and raises on others, for fault tests.
 
     INPUT0 FP32 [batch, 4] -> OUTPUT0 FP32 [batch, 4]. Each value is truncated to INT64
     and used as an index into the table (0, 1, 4, ..., 99**2) of FAILING_TABLE_SIZE squares:
     for values in [0, 100), OUTPUT0 = floor(INPUT0) ** 2. Any value >= 100 is an
-    out-of-range Gather index, and onnxruntime raises at run time (INVALID_ARGUMENT).
+    out-of-range Gather index, and onnxruntime's CPU provider raises at run time (INVALID_ARGUMENT);
+    serve it with FAILING_INSTANCE_GROUP in its config.
     Values in (-101, 0) count from the table's end like Python indexing; stay in [0, 100)
     for a defined result.
     """

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from serving import RunningServer, running_server
 
-from runtime.examples import build_failing, save_model, write_example_repository
+from runtime.examples import FAILING_INSTANCE_GROUP, build_failing, save_model, write_example_repository
 from runtime.server._pb import grpc_service_pb2 as pb
 
 ALONE = """\
@@ -33,8 +33,8 @@ dynamic_batching { max_queue_delay_microseconds: 20000 }
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = write_example_repository(tmp_path_factory.mktemp("repo"))
-    save_model(build_failing(), repo, "failing", config_pbtxt=ALONE)
-    save_model(build_failing(), repo, "failing_batched", config_pbtxt=BATCHED)
+    save_model(build_failing(), repo, "failing", config_pbtxt=ALONE + FAILING_INSTANCE_GROUP)
+    save_model(build_failing(), repo, "failing_batched", config_pbtxt=BATCHED + FAILING_INSTANCE_GROUP)
     with running_server(repo, tmp_path_factory.mktemp("server")) as running:
         yield running
 

@@ -22,7 +22,7 @@ from runtime.app import JsonFormatter
 from runtime.config import Settings
 from runtime.engine import Engine
 from runtime.errors import ExecutionError, InvalidInput, ModelNotFound
-from runtime.examples import build_failing, build_identity, save_model
+from runtime.examples import FAILING_INSTANCE_GROUP, build_failing, build_identity, save_model
 from runtime.metrics import (
     ArrayHistogram,
     ClassWatch,
@@ -324,7 +324,7 @@ def repo(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     save_model(build_identity("FP32"), root, "clf", config_pbtxt=CLF_CONFIG)
     (root / "clf" / "labels.txt").write_text("cat\ndog\nbird\n")
-    save_model(build_failing(), root, "failing")
+    save_model(build_failing(), root, "failing", config_pbtxt=FAILING_INSTANCE_GROUP)
     return root
 
 

@@ -69,6 +69,7 @@ class SessionSpec:
     inter_op_threads: int = 1
     allow_spinning: bool = False
     graph_optimization_level: str = "all"
+    cuda_tf32: bool = False
     extra_session_config: dict[str, str] = field(default_factory=dict)
 
 
@@ -124,6 +125,8 @@ class OnnxBackend:
                 "cudnn_conv_algo_search": "HEURISTIC",
                 # Inputs are copied on the compute stream: no race between copy and kernel.
                 "do_copy_in_default_stream": True,
+                # ORT's default is TF32 on; a float32 model should compute in float32 unless asked.
+                "use_tf32": "1" if spec.cuda_tf32 else "0",
             }
             providers = [(CUDA, cuda_options), CPU]
         else:

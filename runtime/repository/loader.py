@@ -169,6 +169,7 @@ def session_spec(config: mc.ModelConfig, path: Path, settings: Settings) -> Sess
         inter_op_threads=_int_parameter(config, "inter_op_thread_count") or settings.inter_op_threads,
         allow_spinning=settings.allow_spinning,
         graph_optimization_level=level,
+        cuda_tf32=settings.cuda_tf32,
     )
 
 

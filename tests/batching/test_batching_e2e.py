@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from runtime.examples import build_failing, build_identity, save_model
+from runtime.examples import FAILING_INSTANCE_GROUP, build_failing, build_identity, save_model
 from serving import RunningServer, running_server
 
 WINDOW_US = 20_000
@@ -35,7 +35,8 @@ def build_repo(root: Path) -> Path:
     )
     save_model(
         build_failing(), root, "failing_batched",
-        config_pbtxt="max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 100000 }\n",
+        config_pbtxt="max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 100000 }\n"
+        + FAILING_INSTANCE_GROUP,
     )
     return root
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.examples import build_failing, build_identity, save_model
+from runtime.examples import FAILING_INSTANCE_GROUP, build_failing, build_identity, save_model
 
 LABELS = ["cat", "dog", "bird"]
 DRIFT_WINDOW = 200
@@ -66,7 +66,7 @@ def build_monitoring_repository(root: Path) -> Path:
         json.dumps({"outputs": {"OUTPUT0": {"kind": "value", "buckets": SCORE_BUCKETS}}})
     )
     save_model(build_identity("FP32"), root, "slow", config_pbtxt=SLOW_CONFIG)
-    save_model(build_failing(), root, "failing")
+    save_model(build_failing(), root, "failing", config_pbtxt=FAILING_INSTANCE_GROUP)
     return root
 
 
