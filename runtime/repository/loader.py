@@ -138,14 +138,17 @@ def session_spec(config: mc.ModelConfig, path: Path, settings: Settings) -> Sess
     kinds = {group.kind for group in config.instance_group} - {mc.ModelInstanceGroup.KIND_AUTO}
     if len(kinds) > 1:
         raise ModelLoadError(f"{where}: instance groups mixing KIND_GPU and KIND_CPU are not supported")
-    if kinds == {mc.ModelInstanceGroup.KIND_GPU} or settings.execution_provider == "cuda":
+    # The model's own instance_group kind wins over the server-wide execution provider.
+    wants_gpu = kinds == {mc.ModelInstanceGroup.KIND_GPU}
+    wants_cpu = kinds == {mc.ModelInstanceGroup.KIND_CPU}
+    if wants_gpu or (not wants_cpu and settings.execution_provider == "cuda"):
         if not cuda_available():
             raise ModelLoadError(
                 f"{where}: asks for the GPU but ONNX Runtime has no CUDAExecutionProvider here "
                 "(install onnxruntime-gpu with CUDA, or use KIND_CPU / --execution-provider cpu)"
             )
         device = "cuda"
-    elif kinds == {mc.ModelInstanceGroup.KIND_CPU} or settings.execution_provider == "cpu":
+    elif wants_cpu or settings.execution_provider == "cpu":
         device = "cpu"
     else:
         # onnxruntime-gpu lists CUDA even where no GPU is usable; the session start tells.
