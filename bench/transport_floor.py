@@ -1,0 +1,350 @@
+"""What the transport alone costs per request on this machine: the floor under any Python front end.
+
+    python bench/transport_floor.py [--model mlp_nobatch] [--concurrency 1,32] [--window-ms 2000]
+
+1. Starts the real server on the example models and records, through pass-through proxies, its
+   answers to every call perf_analyzer makes for `--model` over gRPC and over HTTP (metadata,
+   config, statistics, infer).
+2. Serves those recorded bytes from bare servers that do nothing else (no decoding, no
+   validation, no model): grpc.aio (what model-runtime's gRPC uses), grpcio's thread-pool server,
+   and a bare ASGI app on uvicorn with uvloop and httptools (what model-runtime's HTTP uses).
+3. Drives the real server and each bare server with perf_analyzer, and reads each server
+   process's CPU time from /proc: infer/s, p50/p99 and server CPU us per request.
+
+The gap between the real server and the bare server of the same stack is what model-runtime
+adds; the bare server's figures are what the library costs before any of our code runs.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
+sys.path.insert(0, str(BENCH_DIR))
+
+import grpc  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def recorded_path(directory: Path, method: str) -> Path:
+    return directory / method.strip("/").replace("/", "__")
+
+
+def bytes_handler(function: object) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(function)  # no (de)serializers: raw bytes both ways
+
+
+class Recorder(grpc.GenericRpcHandler):
+    """Pass-through to the real server that keeps the last answer to each method."""
+
+    def __init__(self, target: str, directory: Path) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._directory = directory
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = details.method
+        upstream = self._channel.unary_unary(method)
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            answer = await upstream(request)
+            path = recorded_path(self._directory, method)
+            if not path.exists():  # the first answer: perf_analyzer asks for statistics before it starts
+                path.write_bytes(answer)
+            return answer
+
+        return bytes_handler(forward)
+
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+STATISTICS = "/inference.GRPCInferenceService/ModelStatistics"
+
+
+class CannedAio(grpc.GenericRpcHandler):
+    """Answers each method with its recorded bytes; statistics count the inferences answered, since
+    perf_analyzer wants to see the model's counters move."""
+
+    def __init__(self, directory: Path) -> None:
+        self._answers = {f"/{p.name.replace('__', '/')}": p.read_bytes() for p in directory.iterdir()}
+        self.inferences = 0
+
+    def answer(self, method: str) -> bytes:
+        if method == INFER:
+            self.inferences += 1
+            return self._answers[INFER]
+        if method == STATISTICS:
+            from runtime.server._pb import grpc_service_pb2 as pb
+
+            statistics = pb.ModelStatisticsResponse.FromString(self._answers[STATISTICS])
+            for model in statistics.model_stats:
+                model.inference_count = model.execution_count = self.inferences
+                for duration in (model.inference_stats.success, model.inference_stats.queue,
+                                 model.inference_stats.compute_input, model.inference_stats.compute_infer,
+                                 model.inference_stats.compute_output):
+                    duration.count, duration.ns = self.inferences, 1000 * self.inferences
+            return statistics.SerializeToString()
+        return self._answers[method]
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = details.method
+        if method not in self._answers:
+            return None
+
+        async def reply(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return self.answer(method)
+
+        return bytes_handler(reply)
+
+
+class CannedSync(CannedAio):
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = details.method
+        if method not in self._answers:
+            return None
+        return bytes_handler(lambda request, context: self.answer(method))
+
+
+async def serve_aio(make_handler: Callable[[], grpc.GenericRpcHandler], port_file: Path) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((make_handler(),))  # made on the running loop (aio channels need one)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
+def serve_sync(handler: grpc.GenericRpcHandler, port_file: Path) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    port_file.write_text(str(port))
+    server.wait_for_termination()
+
+
+def _request_key(scope: dict[str, Any]) -> str:
+    return f"{scope['method']} {scope['path']}"
+
+
+async def _read_body(receive: Callable[[], Awaitable[dict[str, Any]]]) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _http_answer_path(directory: Path, key: str) -> Path:
+    return directory / ("http_" + key.replace(" ", "_").replace("/", "~"))
+
+
+def http_recorder(target: str, directory: Path) -> Callable[..., Awaitable[None]]:
+    """ASGI pass-through to the real server's HTTP port that keeps the first answer per method+path."""
+    import http.client
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = await _read_body(receive)
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.lower() not in (b"host", b"content-length")}
+        connection = http.client.HTTPConnection(target, timeout=10)
+        connection.request(scope["method"], scope["path"], body=body, headers=headers)
+        response = connection.getresponse()
+        answer = response.read()
+        kept = [(k.lower().encode(), v.encode()) for k, v in response.getheaders()
+                if k.lower() in ("content-type", "inference-header-content-length")]
+        path = _http_answer_path(directory, _request_key(scope))
+        if not path.exists():
+            path.write_bytes(json.dumps({"status": response.status, "headers": [[k.decode(), v.decode()] for k, v in kept]}).encode()
+                             + b"\n" + answer)
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": [*kept, (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
+
+
+def http_canned(directory: Path) -> Callable[..., Awaitable[None]]:
+    """Bare ASGI app: each method+path gets its recorded answer; statistics count the inferences."""
+    answers: dict[str, tuple[int, list[tuple[bytes, bytes]], bytes]] = {}
+    for path in directory.glob("http_*"):
+        head, body = path.read_bytes().split(b"\n", 1)
+        meta = json.loads(head)
+        key = path.name[len("http_"):].replace("_", " ", 1).replace("~", "/")
+        answers[key] = (meta["status"], [(k.encode(), v.encode()) for k, v in meta["headers"]], body)
+    inferences = 0
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal inferences
+        if scope["type"] != "http":
+            return
+        await _read_body(receive)
+        key = _request_key(scope)
+        status, headers, body = answers.get(key, (404, [], b""))
+        if key.endswith("/infer"):
+            inferences += 1
+        elif key.endswith("/stats") and status == 200:
+            statistics = json.loads(body)
+            for model in statistics["model_stats"]:
+                model["inference_count"] = model["execution_count"] = inferences
+                for duration in model["inference_stats"].values():
+                    duration["count"], duration["ns"] = inferences, 1000 * inferences
+            body = json.dumps(statistics).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def serve_http(app: Callable[..., Awaitable[None]], port_file: Path) -> None:
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)  # connections wait in the backlog until uvicorn accepts them
+    port_file.write_text(str(sock.getsockname()[1]))
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning", access_log=False, lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def child(mode: str, argument: str, directory: Path, port_file: Path) -> None:
+    """Entry point of the server subprocesses."""
+    if mode == "record":
+        import uvloop
+
+        uvloop.install()
+        asyncio.run(serve_aio(lambda: Recorder(argument, directory), port_file))
+    elif mode == "aio":
+        import uvloop
+
+        uvloop.install()
+        asyncio.run(serve_aio(lambda: CannedAio(directory), port_file))
+    elif mode == "sync":
+        serve_sync(CannedSync(directory), port_file)
+    elif mode == "http-record":
+        serve_http(http_recorder(argument, directory), port_file)
+    elif mode == "http":
+        serve_http(http_canned(directory), port_file)
+
+
+def start_child(mode: str, argument: str, directory: Path, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port_file = work / f"{mode}.port"
+    port_file.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--child", mode, argument, str(directory), str(port_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not port_file.exists() or not port_file.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{mode} server did not start")
+        time.sleep(0.05)
+    return process, int(port_file.read_text())
+
+
+def perf_analyzer(
+    binary: Path, model: str, protocol: str, port: int, concurrency: int, window_ms: int, report: Path
+) -> dict[str, float]:
+    from run import read_last_row
+
+    report.unlink(missing_ok=True)
+    command = [
+        str(binary), "-m", model, "-u", f"127.0.0.1:{port}", "-i", protocol,
+        "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms),
+        "--stability-percentage", "100", "--max-trials", "3", "-f", str(report),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if completed.returncode != 0 or not report.exists():
+        raise RuntimeError(f"perf_analyzer failed: {(completed.stdout + completed.stderr)[-800:]}")
+    return read_last_row(report)
+
+
+def measure(
+    binary: Path, model: str, protocol: str, pid: int, port: int, concurrency: int, window_ms: int, work: Path
+) -> str:
+    cpu_before, wall_before = process_cpu_s(pid), time.monotonic()
+    row = perf_analyzer(binary, model, protocol, port, concurrency, window_ms, work / "report.csv")
+    cpu, wall = process_cpu_s(pid) - cpu_before, time.monotonic() - wall_before
+    # perf_analyzer's run includes warm-up and trials beyond the reported window: CPU per request
+    # uses the whole run's CPU over the requests its throughput implies for the whole run.
+    requests = row["Inferences/Second"] * wall
+    return (
+        f"{row['Inferences/Second']:>10,.0f} {row['p50 latency']:>10,.0f} {row['p99 latency']:>10,.0f}"
+        f" {1e6 * cpu / requests:>12,.0f} {100 * cpu / wall:>9,.0f}%"
+    )
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mlp_nobatch", help="mlp_nobatch (mlp without batching) or an example model")
+    parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--window-ms", type=int, default=2000)
+    args = parser.parse_args()
+    from run import install_perf_analyzer
+    from serving import start_server
+
+    from runtime.examples import build_mlp, save_model, write_example_repository
+
+    binary = install_perf_analyzer()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(os.environ.get("TRANSPORT_FLOOR_WORK", tmp))
+        repository = write_example_repository(work / "repo")
+        save_model(build_mlp(), repository, "mlp_nobatch", config_pbtxt="max_batch_size: 32\n")
+        recorded = work / "recorded"
+        recorded.mkdir()
+        server = start_server(repository, work / "server", ["--intra-op-threads", "1"])
+        lines = [f"{'server':<36} {'c':>3} {'infer/s':>10} {'p50 us':>10} {'p99 us':>10} {'CPU us/req':>12} {'CPU':>10}"]
+        bare = {"grpc": [("aio", "bare grpc.aio, recorded answers"), ("sync", "bare grpc sync, recorded answers")],
+                "http": [("http", "bare uvicorn+httptools ASGI, recorded")]}
+        try:
+            for protocol, recorder, url, port in (("grpc", "record", server.grpc_url, server.grpc_port),
+                                                  ("http", "http-record", server.http_url, server.http_port)):
+                proxy, proxy_port = start_child(recorder, url, recorded, work)
+                try:
+                    perf_analyzer(binary, args.model, protocol, proxy_port, 1, 500, work / "record.csv")
+                finally:
+                    proxy.kill()
+                for concurrency in levels:
+                    lines.append(f"{'model-runtime, ' + protocol:<36} {concurrency:>3} " + measure(
+                        binary, args.model, protocol, server.process.pid, port, concurrency, args.window_ms, work))
+        finally:
+            server.stop()
+        for protocol, servers in bare.items():
+            for mode, label in servers:
+                process, port = start_child(mode, "-", recorded, work)
+                try:
+                    for concurrency in levels:
+                        lines.append(f"{label:<36} {concurrency:>3} " + measure(
+                            binary, args.model, protocol, process.pid, port, concurrency, args.window_ms, work))
+                finally:
+                    process.kill()
+    print(f"model {args.model}, perf_analyzer (binary tensors), {os.cpu_count()} cores, load generator on the same machine")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
