@@ -70,6 +70,12 @@ class Settings:
         default=0,
     )
     inter_op_threads: int = _doc("ONNX Runtime inter-op threads per instance (sequential mode uses 1).", default=1)
+    inline_execution_us: float = _doc(
+        "Run a model on the event loop itself, instead of its instance thread, while its measured "
+        "execution time averages under this many microseconds: for tiny models the hand-over costs "
+        "more than the work. 0 never does.",
+        default=100.0,
+    )
     allow_spinning: bool = _doc(
         "Let ONNX Runtime worker threads spin while idle (lower latency, burns CPU the event loop needs).",
         default=False,

@@ -99,6 +99,7 @@ class ServedModel:
         model_dir: Path,
         observer: Observer | None = None,
         processing: Processing | None = None,
+        inline_execution_us: float = 0.0,
     ) -> None:
         self.name = config.name
         self.version = version
@@ -123,10 +124,15 @@ class ServedModel:
         }
         self._output_reshape = {t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")}
         self._workers = InstanceWorkers(backend.instance_count, f"{self.name}-v{version}")
+        # Executions shorter than this run on the event loop itself: for a tiny model, handing the
+        # work to the instance thread and back costs more than the work.
+        self._inline_limit_ns = inline_execution_us * 1e3
+        self._execution_ns: float | None = None  # moving average of backend.run alone
         self.queue: BatchQueue[Validated, Outputs] = BatchQueue(
             f"{self.name}:{version}",
             batch_policy(config, backend.instance_count, default_max_queue_size),
             self._run_batch,
+            runs_inline=lambda: self.runs_inline,
         )
 
     @property
@@ -162,7 +168,10 @@ class ServedModel:
         started = time.perf_counter_ns()
         batch = collate.stack([item.payload.inputs for item in items])
         prepared = time.perf_counter_ns()
-        outputs = await self._workers.run(instance, self._execute, instance, batch)
+        if self.runs_inline:
+            outputs = self._execute(instance, batch)
+        else:
+            outputs = await self._workers.run(instance, self._execute, instance, batch)
         ran = time.perf_counter_ns()
         results = collate.split(outputs, [item.rows for item in items])
         finished = time.perf_counter_ns()
@@ -181,10 +190,20 @@ class ServedModel:
         )
         return results
 
+    @property
+    def runs_inline(self) -> bool:
+        """Whether executions run on the event loop: measured, and under the inline limit."""
+        average = self._execution_ns
+        return average is not None and average < self._inline_limit_ns
+
     def _execute(self, instance: int, batch: dict[str, Array]) -> Outputs:
         if self._input_reshape:
             batch = {name: self._reshape_input(name, array) for name, array in batch.items()}
+        started = time.perf_counter_ns()
         outputs = self.backend.run(instance, batch, self.output_names)
+        elapsed = time.perf_counter_ns() - started
+        average = self._execution_ns
+        self._execution_ns = elapsed if average is None else average + (elapsed - average) / 16
         if self._output_reshape:
             lead = 1 if self.max_batch_size > 0 else 0
             outputs = {

@@ -86,10 +86,19 @@ class QueueStats:
 
 
 class BatchQueue(Generic[P, R]):
-    def __init__(self, name: str, policy: BatchPolicy, run_batch: RunBatch[P, R]) -> None:
+    def __init__(
+        self,
+        name: str,
+        policy: BatchPolicy,
+        run_batch: RunBatch[P, R],
+        runs_inline: Callable[[], bool] | None = None,
+    ) -> None:
         self.name = name
         self.policy = policy
         self._run_batch = run_batch
+        # True when run_batch will finish without suspending (execution on the event loop itself):
+        # then the fast path runs it in the caller's task, with no task of its own.
+        self._runs_inline = runs_inline
         self._levels: list[list[Pending[P, R]]] = [[] for _ in policy.levels]
         self._delayed: list[Pending[P, R]] = []  # timed out under DELAY: served after everything else
         self.stats = QueueStats(level_queued=[0] * len(policy.levels))
@@ -137,7 +146,12 @@ class BatchQueue(Generic[P, R]):
         assert self._wakeup is not None and self._free_instances is not None
         if self.stats.queued == 1 and self.policy.max_delay_s == 0 and not self._free_instances.empty():
             # Nothing to wait for and an instance idle: run now, without a trip through the dispatcher.
-            self._start(self._free_instances.get_nowait(), self._take(group, self.policy.max_batch_rows or rows))
+            instance = self._free_instances.get_nowait()
+            batch = self._take(group, self.policy.max_batch_rows or rows)
+            if self._runs_inline is not None and self._runs_inline():
+                await self._execute(instance, batch)
+                return item.future.result()
+            self._start(instance, batch)
         else:
             self._wakeup.set()
         try:

@@ -122,6 +122,7 @@ def load_version(
             model_dir.path,
             observer=observer,
             processing=processing,
+            inline_execution_us=settings.inline_execution_us,
         )
         try:
             _warm_up(served, model_dir.path)
