@@ -272,6 +272,7 @@ def perf_analyzer(
         str(binary), "-m", model, "-u", f"127.0.0.1:{port}", "-i", protocol,
         "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms),
         "--stability-percentage", "100", "--max-trials", "3", "-f", str(report),
+        *os.environ.get("PERF_ANALYZER_FLAGS", "").split(),
     ]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if completed.returncode != 0 or not report.exists():

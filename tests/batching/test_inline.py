@@ -1,0 +1,85 @@
+"""Tiny models run on the event loop itself; slower ones, or all with --inline-execution-us 0, on
+their instance threads. Either way every caller gets its own answer."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.config import Settings
+from runtime.engine import Engine
+from runtime.examples import build_identity, build_wide_mlp, save_model
+from runtime.repository.registry import ModelRegistry
+from runtime.repository.store import RepositoryStore
+from runtime.types import InferRequest
+
+UNBATCHED = "max_batch_size: 64\n"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    save_model(build_identity("FP32"), root, "tiny", config_pbtxt=UNBATCHED)
+    # About 3 ms a row on one core: far over the inline limit.
+    save_model(build_wide_mlp(), root, "wide", config_pbtxt=UNBATCHED)
+    return root
+
+
+async def open_engine(repo: Path, inline_us: float) -> tuple[ModelRegistry, Engine]:
+    settings = Settings(model_repository=repo, inline_execution_us=inline_us, intra_op_threads=1)
+    registry = ModelRegistry(RepositoryStore(repo), settings)
+    await registry.load_all()
+    return registry, Engine(registry)
+
+
+def executing_threads(registry: ModelRegistry, name: str) -> list[str]:
+    """Wrap the model's backend.run to record which thread runs each execution."""
+    served = registry.get(name, "")
+    seen: list[str] = []
+    run = served.backend.run
+
+    def recording(*args: object) -> object:
+        seen.append(threading.current_thread().name)
+        return run(*args)  # type: ignore[arg-type]
+
+    served.backend.run = recording  # type: ignore[method-assign]
+    return seen
+
+
+async def infer_many(engine: Engine, model: str, count: int, width: int) -> None:
+    arrays = [np.full((1, width), i, dtype=np.float32) for i in range(count)]
+    requests = [InferRequest(model, "", {"INPUT0" if model == "tiny" else "INPUT": a}) for a in arrays]
+    responses = await asyncio.gather(*(engine.infer(r) for r in requests))
+    if model == "tiny":
+        for array, response in zip(arrays, responses):
+            np.testing.assert_array_equal(next(iter(response.outputs.values())), array)
+
+
+async def test_a_tiny_model_runs_on_the_event_loop_and_a_wide_one_on_its_thread(repo: Path) -> None:
+    registry, engine = await open_engine(repo, inline_us=100)
+    try:
+        tiny, wide = executing_threads(registry, "tiny"), executing_threads(registry, "wide")
+        await infer_many(engine, "tiny", 40, 4)  # measured on the instance thread at first
+        assert registry.get("tiny", "").runs_inline
+        tiny.clear()
+        await infer_many(engine, "tiny", 40, 4)
+        await infer_many(engine, "wide", 4, 512)
+        assert tiny and set(tiny) == {threading.current_thread().name}
+        assert not registry.get("wide", "").runs_inline
+        assert threading.current_thread().name not in wide and len(wide) == 4
+    finally:
+        await registry.close()
+
+
+async def test_inline_execution_off_keeps_every_model_on_its_thread(repo: Path) -> None:
+    registry, engine = await open_engine(repo, inline_us=0)
+    try:
+        tiny = executing_threads(registry, "tiny")
+        await infer_many(engine, "tiny", 40, 4)
+        assert not registry.get("tiny", "").runs_inline
+        assert tiny and threading.current_thread().name not in tiny
+    finally:
+        await registry.close()
