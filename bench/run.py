@@ -694,16 +694,20 @@ _Placeholder: errors and latency while a model version is replaced under load._
 """
 
 
-def write_section(out: Path, section: str) -> None:
+def write_section(
+    out: Path,
+    section: str,
+    begin_marker: str = BEGIN_MARKER,
+    end_marker: str = END_MARKER,
+    heading: str = "Serving: throughput and latency (bench/run.py)",
+) -> None:
+    """Replace what lies between the markers in `out`; add a section with them at the end if absent."""
     text = out.read_text() if out.exists() else RESULTS_TEMPLATE
-    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
+    begin, end = text.find(begin_marker), text.find(end_marker)
     if begin < 0 or end < begin:
-        text = (
-            text.rstrip("\n")
-            + f"\n\n## Serving: throughput and latency (bench/run.py)\n\n{BEGIN_MARKER}\n{END_MARKER}\n"
-        )
-        begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
-    text = text[: begin + len(BEGIN_MARKER)] + "\n" + section.rstrip("\n") + "\n" + text[end:]
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{begin_marker}\n{end_marker}\n"
+        begin, end = text.find(begin_marker), text.find(end_marker)
+    text = text[: begin + len(begin_marker)] + "\n" + section.rstrip("\n") + "\n" + text[end:]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
 

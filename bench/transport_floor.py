@@ -1,6 +1,7 @@
 """What the transport alone costs per request on this machine: the floor under any Python front end.
 
     python bench/transport_floor.py [--model mlp_nobatch] [--concurrency 1,32] [--window-ms 2000]
+                                    [--out bench/RESULTS.md]
 
 1. Starts the real server on the example models and records, through pass-through proxies, its
    answers to every call perf_analyzer makes for `--model` over gRPC and over HTTP (metadata,
@@ -25,8 +26,9 @@ import sys
 import tempfile
 import time
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
@@ -263,7 +265,8 @@ def start_child(mode: str, argument: str, directory: Path, work: Path) -> tuple[
 
 
 def perf_analyzer(
-    binary: Path, model: str, protocol: str, port: int, concurrency: int, window_ms: int, report: Path
+    binary: Path, model: str, protocol: str, port: int, concurrency: int, window_ms: int, report: Path,
+    flags: Sequence[str] = (),
 ) -> dict[str, float]:
     from run import read_last_row
 
@@ -271,8 +274,7 @@ def perf_analyzer(
     command = [
         str(binary), "-m", model, "-u", f"127.0.0.1:{port}", "-i", protocol,
         "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms),
-        "--stability-percentage", "100", "--max-trials", "3", "-f", str(report),
-        *os.environ.get("PERF_ANALYZER_FLAGS", "").split(),
+        "--stability-percentage", "100", "--max-trials", "3", "-f", str(report), *flags,
     ]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if completed.returncode != 0 or not report.exists():
@@ -280,19 +282,55 @@ def perf_analyzer(
     return read_last_row(report)
 
 
+@dataclass
+class Row:
+    server: str
+    protocol: str
+    concurrency: int
+    infer_per_s: float
+    p50_us: float
+    p99_us: float
+    cpu_us_per_request: float
+    cpu_share: float  # of one core
+
+
 def measure(
-    binary: Path, model: str, protocol: str, pid: int, port: int, concurrency: int, window_ms: int, work: Path
-) -> str:
+    binary: Path, label: str, model: str, protocol: str, pid: int, port: int, concurrency: int,
+    window_ms: int, work: Path, flags: Sequence[str] = (),
+) -> Row:
     cpu_before, wall_before = process_cpu_s(pid), time.monotonic()
-    row = perf_analyzer(binary, model, protocol, port, concurrency, window_ms, work / "report.csv")
+    row = perf_analyzer(binary, model, protocol, port, concurrency, window_ms, work / "report.csv", flags)
     cpu, wall = process_cpu_s(pid) - cpu_before, time.monotonic() - wall_before
     # perf_analyzer's run includes warm-up and trials beyond the reported window: CPU per request
-    # uses the whole run's CPU over the requests its throughput implies for the whole run.
+    # is the whole run's CPU over the requests its throughput implies for the whole run.
     requests = row["Inferences/Second"] * wall
-    return (
-        f"{row['Inferences/Second']:>10,.0f} {row['p50 latency']:>10,.0f} {row['p99 latency']:>10,.0f}"
-        f" {1e6 * cpu / requests:>12,.0f} {100 * cpu / wall:>9,.0f}%"
-    )
+    measured = Row(label, protocol + (" streaming" if "--streaming" in flags else ""), concurrency,
+                   row["Inferences/Second"], row["p50 latency"], row["p99 latency"], 1e6 * cpu / requests, cpu / wall)
+    print(f"  {measured.server}, {measured.protocol}, c{concurrency}: {measured.infer_per_s:,.0f} infer/s, "
+          f"p50 {measured.p50_us:,.0f} us, {measured.cpu_us_per_request:,.0f} us CPU/request", flush=True)
+    return measured
+
+
+def markdown(rows: list[Row], model: str, command: str) -> str:
+    from run import machine_lines, install_perf_analyzer
+
+    lines = [
+        f"_Written by `bench/transport_floor.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._",
+        "", "```sh", command, "```", "",
+        *machine_lines(install_perf_analyzer(), 1), "",
+        f"Model `{model}` (the example mlp without dynamic batching), batch-1 requests, perf_analyzer with "
+        "binary tensors; the bare servers answer every call with bytes recorded from model-runtime. "
+        "`server CPU`: the server process's CPU time (/proc) over the run, per request and as a share of one core.",
+        "",
+        "| server | protocol | concurrency | infer/s | p50 us | p99 us | server CPU us/request | server CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.server} | {row.protocol} | {row.concurrency} | {row.infer_per_s:,.0f} | {row.p50_us:,.0f} | "
+            f"{row.p99_us:,.0f} | {row.cpu_us_per_request:,.0f} | {100 * row.cpu_share:.0f}% |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -303,24 +341,24 @@ def main() -> None:
     parser.add_argument("--model", default="mlp_nobatch", help="mlp_nobatch (mlp without batching) or an example model")
     parser.add_argument("--concurrency", default="1,32")
     parser.add_argument("--window-ms", type=int, default=2000)
+    parser.add_argument("--out", type=Path, help="write the table into this RESULTS.md (between its markers)")
     args = parser.parse_args()
-    from run import install_perf_analyzer
+    from run import install_perf_analyzer, write_section
     from serving import start_server
 
     from runtime.examples import build_mlp, save_model, write_example_repository
 
     binary = install_perf_analyzer()
     levels = [int(c) for c in args.concurrency.split(",")]
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(os.environ.get("TRANSPORT_FLOOR_WORK", tmp))
         repository = write_example_repository(work / "repo")
         save_model(build_mlp(), repository, "mlp_nobatch", config_pbtxt="max_batch_size: 32\n")
         recorded = work / "recorded"
-        recorded.mkdir()
+        recorded.mkdir(exist_ok=True)
         server = start_server(repository, work / "server", ["--intra-op-threads", "1"])
-        lines = [f"{'server':<36} {'c':>3} {'infer/s':>10} {'p50 us':>10} {'p99 us':>10} {'CPU us/req':>12} {'CPU':>10}"]
-        bare = {"grpc": [("aio", "bare grpc.aio, recorded answers"), ("sync", "bare grpc sync, recorded answers")],
-                "http": [("http", "bare uvicorn+httptools ASGI, recorded")]}
+        pid = server.process.pid
         try:
             for protocol, recorder, url, port in (("grpc", "record", server.grpc_url, server.grpc_port),
                                                   ("http", "http-record", server.http_url, server.http_port)):
@@ -330,22 +368,33 @@ def main() -> None:
                 finally:
                     proxy.kill()
                 for concurrency in levels:
-                    lines.append(f"{'model-runtime, ' + protocol:<36} {concurrency:>3} " + measure(
-                        binary, args.model, protocol, server.process.pid, port, concurrency, args.window_ms, work))
+                    rows.append(measure(binary, "model-runtime", args.model, protocol, pid, port, concurrency,
+                                        args.window_ms, work))
+            for concurrency in levels:
+                rows.append(measure(binary, "model-runtime", args.model, "grpc", pid, server.grpc_port, concurrency,
+                                    args.window_ms, work, ["--streaming"]))
         finally:
             server.stop()
-        for protocol, servers in bare.items():
-            for mode, label in servers:
-                process, port = start_child(mode, "-", recorded, work)
-                try:
-                    for concurrency in levels:
-                        lines.append(f"{label:<36} {concurrency:>3} " + measure(
-                            binary, args.model, protocol, process.pid, port, concurrency, args.window_ms, work))
-                finally:
-                    process.kill()
-    print(f"model {args.model}, perf_analyzer (binary tensors), {os.cpu_count()} cores, load generator on the same machine")
-    print("\n".join(lines))
+        bare = (("aio", "grpc", "bare grpc.aio"), ("sync", "grpc", "bare grpc sync server (8 threads)"),
+                ("http", "http", "bare ASGI app on uvicorn+httptools"))
+        for mode, protocol, label in bare:
+            process, port = start_child(mode, "-", recorded, work)
+            try:
+                for concurrency in levels:
+                    rows.append(measure(binary, label, args.model, protocol, process.pid, port, concurrency,
+                                        args.window_ms, work))
+            finally:
+                process.kill()
+    command = "python bench/transport_floor.py" + "".join(f" {a}" for a in sys.argv[1:])
+    section = markdown(rows, args.model, command)
+    print(section)
+    if args.out:
+        write_section(args.out, section, BEGIN_MARKER, END_MARKER, HEADING)
 
+
+BEGIN_MARKER = "<!-- transport_floor.py:begin -->"
+END_MARKER = "<!-- transport_floor.py:end -->"
+HEADING = "Transport floor: what grpcio and uvicorn cost before our code runs (bench/transport_floor.py)"
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,8 @@ import numpy as np
 
 from runtime.backends.base import Backend
 from runtime.batching import collate
+from runtime.batching.ragged import cut, pad_stack, ragged_plan
+from runtime.batching.ragged import group_key as ragged_group_key
 from runtime.batching.workers import InstanceWorkers
 from runtime.processing import Processing
 from runtime.observer import BatchTiming, NullObserver, Observer
@@ -123,6 +125,7 @@ class ServedModel:
             t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")
         }
         self._output_reshape = {t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")}
+        self._ragged = ragged_plan(config, self.label)  # before the threads: it may refuse the config
         self._workers = InstanceWorkers(backend.instance_count, f"{self.name}-v{version}")
         # Executions shorter than this run on the event loop itself: for a tiny model, handing the
         # work to the instance thread and back costs more than the work.
@@ -150,6 +153,8 @@ class ServedModel:
             group = tuple(array.shape[lead:] for array in inputs.values())
         prepare = self.backend.prepare_input
         converted = {name: prepare(name, array) for name, array in inputs.items()}
+        if self._ragged is not None:
+            group = ragged_group_key(converted, self._ragged)
         return Validated(converted, request.rows, group, request.output_names)
 
     def finish(self, outputs: Outputs) -> Outputs:
@@ -167,7 +172,8 @@ class ServedModel:
 
     async def _run_batch(self, instance: int, items: Sequence[Pending[Validated, Outputs]]) -> list[Outputs]:
         started = time.perf_counter_ns()
-        batch = collate.stack([item.payload.inputs for item in items])
+        inputs = [item.payload.inputs for item in items]
+        batch = collate.stack(inputs) if self._ragged is None else pad_stack(inputs, self._ragged)
         prepared = time.perf_counter_ns()
         if self.runs_inline:
             outputs = self._execute(instance, batch)
@@ -175,6 +181,8 @@ class ServedModel:
             outputs = await self._workers.run(instance, self._execute, instance, batch)
         ran = time.perf_counter_ns()
         results = collate.split(outputs, [item.rows for item in items])
+        if self._ragged is not None:
+            results = [cut(result, item.payload.inputs, self._ragged) for result, item in zip(results, items)]
         finished = time.perf_counter_ns()
         self._record_batch(items, prepared - started, ran - prepared, finished - ran)
         self.observer.batch_executed(
