@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from runtime.backends.base import Backend
+from runtime.errors import ExecutionError
 from runtime.batching import collate
 from runtime.batching.ragged import cut, pad_stack, ragged_plan
 from runtime.batching.ragged import group_key as ragged_group_key
@@ -211,7 +212,10 @@ class ServedModel:
         # CPU time of this thread, not wall time: on the instance thread, wall time would include
         # waiting for the GIL after ORT releases it, which is no cost of the model's.
         started = time.thread_time_ns()
-        outputs = self.backend.run(instance, batch, self.output_names)
+        try:
+            outputs = self.backend.run(instance, batch, self.output_names)
+        except ExecutionError as exc:  # the backend knows the session, not which model it serves
+            raise ExecutionError(f"{self.label}: {exc.message}") from None
         elapsed = time.thread_time_ns() - started
         if self._first_execution:  # the warm-up: one-time initialisation, not the model's cost
             self._first_execution = False

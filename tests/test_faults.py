@@ -64,6 +64,7 @@ async def test_http_only_the_bad_requests_fail(server: RunningServer) -> None:
             if is_bad(index):
                 assert status == 500, (index, doc)
                 assert "execution failed" in doc["error"] and "out of data bounds" in doc["error"], doc
+                assert "model 'failing' version 1" in doc["error"], doc
             else:
                 assert status == 200, (index, doc)
                 expected = np.floor(values(index, False)) ** 2

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import gzip
+import json
 import logging
 import math
 import re
@@ -139,7 +140,14 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]
     try:
         return orjson.loads(json_part), binary
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON in request body: {exc}") from None
+        error = exc
+    # NaN, Infinity and -Infinity are not JSON, but Triton's clients write them for float data
+    # (perf_analyzer's random inputs do) and Triton reads them; the stdlib parser does too.
+    try:
+        return json.loads(bytes(json_part)), binary
+    except ValueError:
+        near = bytes(json_part[max(0, error.pos - 20) : error.pos + 20]).decode("utf-8", "replace")
+        raise InvalidInput(f"malformed JSON in request body: {error} (near {near!r})") from None
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:

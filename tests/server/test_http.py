@@ -173,6 +173,18 @@ def test_nested_json_data(server: RunningServer) -> None:
     assert "parameters" not in outputs["OUTPUT0"]
 
 
+def test_nan_and_infinity_literals_in_json_data(server: RunningServer) -> None:
+    """perf_analyzer's random FP32 inputs come as JSON with NaN/Infinity literals; Triton reads them."""
+    body = b'{"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [NaN, Infinity, -Infinity, 1.5]}],' \
+        b' "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": true}}]}'
+    status, raw = raw_request(server, "POST", "/v2/models/identity_fp32/infer", body)
+    assert status == 200, raw
+    values = np.frombuffer(raw[-16:], dtype=np.float32)  # the binary output closes the body
+    assert np.isnan(values[0]) and values[1] == np.inf and values[2] == -np.inf and values[3] == 1.5
+    status, raw = raw_request(server, "POST", "/v2/models/identity_fp32/infer", body.replace(b"NaN", b"NaX"))
+    assert status == 400 and b"near" in raw and b"NaX" in raw, raw
+
+
 def test_gzip_request_body(client: httpclient.InferenceServerClient) -> None:
     inputs, a, b = simple_inputs()
     result = client.infer("simple", inputs, request_compression_algorithm="gzip")
