@@ -130,7 +130,9 @@ class ServedModel:
         self._workers = InstanceWorkers(backend.instance_count, f"{self.name}-v{version}")
         # Executions shorter than this run on the event loop itself: for a tiny model, handing the
         # work to the instance thread and back costs more than the work.
-        self._inline_limit_ns = inline_execution_us * 1e3
+        # Not on a GPU: there thread CPU time need not be wall time (a blocking stream sync sleeps).
+        on_gpu = any(provider != "CPUExecutionProvider" for provider in backend.providers)
+        self._inline_limit_ns = 0.0 if on_gpu else inline_execution_us * 1e3
         self._execution_ns: float | None = None  # moving average of backend.run's CPU time
         self._first_execution = True
         self.queue: BatchQueue[Validated, Outputs] = BatchQueue(
