@@ -29,7 +29,9 @@ def repo(tmp_path: Path) -> Path:
 
 
 async def open_engine(repo: Path, inline_us: float) -> tuple[ModelRegistry, Engine]:
-    settings = Settings(model_repository=repo, inline_execution_us=inline_us, intra_op_threads=1)
+    settings = Settings(
+        model_repository=repo, inline_execution_us=inline_us, intra_op_threads=1, execution_provider="cpu"
+    )
     registry = ModelRegistry(RepositoryStore(repo), settings)
     await registry.load_all()
     return registry, Engine(registry)
