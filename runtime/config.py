@@ -133,6 +133,19 @@ class Settings:
     http_max_connections: int = _doc(
         "Most concurrent HTTP connections; beyond it new ones are answered 503.", default=4096
     )
+    grpc_max_concurrent_rpcs: int = _doc(
+        "Most gRPC calls in progress at once; beyond it a new call is answered RESOURCE_EXHAUSTED at once.",
+        default=4096,
+    )
+    grpc_max_streams_per_connection: int = _doc(
+        "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: the most calls one gRPC connection may hold open.",
+        default=1024,
+    )
+    grpc_stream_idle_timeout_secs: float = _doc(
+        "A ModelStreamInfer stream with nothing pending and no request for this long is ended "
+        "(DEADLINE_EXCEEDED).",
+        default=300.0,
+    )
     http_header_timeout_secs: float = _doc(
         "A client must send a request's headers and body within this many seconds (slow clients are cut off).",
         default=30.0,

@@ -173,12 +173,13 @@ async def grpc_target(tmp_path: Path) -> AsyncIterator[str]:
     """A GrpcServer in this process with small limits: 6 calls, 3 streams per connection, 0.5 s idle."""
     save_model(build_mlp(), tmp_path, "mlp")
     save_model(build_mlp(), tmp_path, "windowed", config_pbtxt=WINDOWED)
-    settings = Settings(model_repository=tmp_path, grpc_address="127.0.0.1", grpc_port=0)
+    settings = Settings(
+        model_repository=tmp_path, grpc_address="127.0.0.1", grpc_port=0,
+        grpc_max_concurrent_rpcs=6, grpc_max_streams_per_connection=3, grpc_stream_idle_timeout_secs=IDLE_S,
+    )  # fmt: skip
     registry = ModelRegistry(RepositoryStore(settings.repository), settings)
     await registry.load_all()
-    server = GrpcServer(
-        Engine(registry), settings, max_concurrent_rpcs=6, max_streams_per_connection=3, stream_idle_timeout_s=IDLE_S
-    )
+    server = GrpcServer(Engine(registry), settings)
     await server.start()
     try:
         yield f"127.0.0.1:{server.port}"

@@ -301,12 +301,6 @@ def _inference_handler(service: InferenceService) -> grpc.GenericRpcHandler:
     return generic_handler(handlers)
 
 
-# Limits against clients that hold streams or connections without using them (GrpcServer arguments).
-MAX_CONCURRENT_RPCS = 4096  # beyond it a new call is RESOURCE_EXHAUSTED at once
-MAX_STREAMS_PER_CONNECTION = 1024  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one client cannot take all calls
-STREAM_IDLE_TIMEOUT_S = 300.0  # a stream with nothing pending and no request for this long is ended
-
-
 class _Activity:
     """What one bidirectional stream has been doing: requests read, answers written, last of either."""
 
@@ -410,36 +404,27 @@ class StreamGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 class GrpcServer:
     """The gRPC endpoint: TLS (optionally mutual) when the settings name certificate files, and limits
-    (see MAX_CONCURRENT_RPCS and the others above) so idle or stalled clients cannot exhaust it.
+    (the grpc_* settings) so idle or stalled clients cannot exhaust it.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        settings: Settings,
-        extensions: Sequence[grpc.GenericRpcHandler] = (),
-        *,
-        max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
-        max_streams_per_connection: int = MAX_STREAMS_PER_CONNECTION,
-        stream_idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S,
-    ) -> None:
+    def __init__(self, engine: Engine, settings: Settings, extensions: Sequence[grpc.GenericRpcHandler] = ()) -> None:
         limit = settings.max_request_bytes
         credentials = _server_credentials(settings)
-        self._guard = StreamGuard(stream_idle_timeout_s)
+        self._guard = StreamGuard(settings.grpc_stream_idle_timeout_secs)
         self._server = grpc.aio.server(
             interceptors=[self._guard],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_concurrent_streams", max_streams_per_connection),
+                ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
                 # Idle or stalled connections cannot pin resources forever: a connection with no
                 # call is closed after 5 minutes, a peer that stops answering pings after 80 s.
                 ("grpc.max_connection_idle_ms", 5 * 60 * 1000),
                 ("grpc.keepalive_time_ms", 60 * 1000),
                 ("grpc.keepalive_timeout_ms", 20 * 1000),
             ],
-            maximum_concurrent_rpcs=max_concurrent_rpcs,
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
         self._server.add_generic_rpc_handlers((_inference_handler(InferenceService(engine)), *extensions))
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
