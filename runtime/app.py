@@ -62,8 +62,13 @@ def start_poller(registry: ModelRegistry, settings: Settings) -> asyncio.Task[No
     poller = RepositoryPoller(registry, settings.repository_poll_secs)
     poller.prime()
     task = asyncio.get_running_loop().create_task(poller.run_forever(), name="repository-poller")
-    task.add_done_callback(lambda t: t.cancelled() or t.exception() and log.error("poller stopped: %s", t.exception()))
+    task.add_done_callback(_log_poller_end)
     return task
+
+
+def _log_poller_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("poller stopped: %s", task.exception())
 
 
 async def serve(settings: Settings) -> int:

@@ -1,7 +1,7 @@
 """Raw tensor bytes <-> numpy arrays, shared by the HTTP binary extension and gRPC raw contents."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ def element_count(shape: Sequence[int]) -> int:
     return count
 
 
-def numpy_dtype(datatype: str, tensor: str) -> np.dtype:  # type: ignore[type-arg]
+def numpy_dtype(datatype: str, tensor: str) -> np.dtype[Any]:
     try:
         return DATATYPE_TO_NUMPY[datatype]
     except KeyError:
@@ -46,7 +46,8 @@ def array_from_raw(raw: bytes | memoryview, datatype: str, shape: Sequence[int],
     count = element_count(dims)
     if datatype == "BYTES":
         try:
-            return codec.decode_bytes(raw, count).reshape(dims)
+            decoded: Array = codec.decode_bytes(raw, count)
+            return decoded.reshape(dims)
         except codec.CodecError as exc:
             raise InvalidInput(f"input {tensor!r}: BYTES data is malformed: {exc}") from None
     expected = count * dtype.itemsize
@@ -61,12 +62,14 @@ def array_from_json(data: object, datatype: str, shape: Sequence[int], tensor: s
     dims = check_shape(shape, tensor)
     dtype = numpy_dtype(datatype, tensor)
     try:
-        return codec.json_to_array(data, dtype, element_count(dims)).reshape(dims)
+        converted: Array = codec.json_to_array(data, dtype, element_count(dims))
+        return converted.reshape(dims)
     except codec.CodecError as exc:
         raise InvalidInput(f"input {tensor!r}: {exc}") from None
 
 
 def raw_from_array(array: Array) -> bytes:
     if array.dtype.kind in "OSU":
-        return codec.encode_bytes(array)
+        encoded: bytes = codec.encode_bytes(array)
+        return encoded
     return np.ascontiguousarray(array).tobytes()

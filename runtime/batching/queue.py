@@ -359,5 +359,7 @@ class BatchQueue(Generic[P, R]):
                     item.future.set_exception(exc)
         finally:
             self._free_instances.put_nowait(instance)
-            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.discard(task)
             self._signal_if_idle()

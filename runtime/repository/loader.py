@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.onnx import CUDA, OnnxBackend, SessionSpec, cuda_available, default_intra_op_threads
-from runtime.config import Settings
+from runtime.config import GraphOptimizationLevel, Settings
 from runtime.errors import InvalidInput, ModelLoadError
 from runtime.model import ServedModel
 from runtime.observer import Observer
@@ -24,7 +24,7 @@ from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_NUMPY
 
 log = logging.getLogger(__name__)
 
-_GRAPH_LEVEL_BY_TRITON_VALUE = {-1: "basic", 0: "all", 1: "extended"}
+_GRAPH_LEVEL_BY_TRITON_VALUE: dict[int, GraphOptimizationLevel] = {-1: "basic", 0: "all", 1: "extended"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ SUPPORTED_PLATFORMS = ("", "onnxruntime_onnx")
 SUPPORTED_BACKENDS = ("", "onnxruntime")
 DEFAULT_MODEL_FILENAME = "model.onnx"
 
-_ONNX_TO_DATATYPE = {
+_ONNX_TO_DATATYPE: dict[int, str] = {
     onnx.TensorProto.BOOL: "BOOL",
     onnx.TensorProto.UINT8: "UINT8",
     onnx.TensorProto.UINT16: "UINT16",
@@ -276,7 +276,8 @@ def config_to_json(config: mc.ModelConfig) -> dict[str, Any]:
     as_dict = json_format.MessageToDict(
         config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    return _int64_as_numbers(as_dict, config.DESCRIPTOR)
+    converted: dict[str, Any] = _int64_as_numbers(as_dict, config.DESCRIPTOR)
+    return converted
 
 
 _INT64_TYPES = {
@@ -288,7 +289,8 @@ _INT64_TYPES = {
 }
 
 
-def _int64_as_numbers(value: Any, message: pb_descriptor.Descriptor) -> Any:
+def _int64_as_numbers(value: Any, message: Any) -> Any:
+    """`message`: the message's Descriptor (pure-Python or upb)."""
     for name, item in list(value.items()):
         field = message.fields_by_name.get(name)
         if field is None:

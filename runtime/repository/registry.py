@@ -365,7 +365,7 @@ class ModelRegistry:
 
     def records(self) -> list[VersionRecord]:
         """Every version the registry knows: serving, failed, unloaded (one record per version)."""
-        result = []
+        result: list[VersionRecord] = []
         for name in sorted(self._entries):
             entry = self._entries[name]
             merged = {**entry.unloaded, **entry.failed, **entry.serving}

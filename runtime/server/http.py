@@ -126,7 +126,7 @@ def _digits(text: str) -> bool:
 def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
     """The JSON header as an object, and the binary section after it (empty without the extension)."""
     if header_length is None:
-        json_part, binary = body, memoryview(b"")
+        json_part, binary = memoryview(body), memoryview(b"")
     else:
         if not _digits(header_length) or len(header_length) > 19:
             raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a non-negative integer")
