@@ -15,7 +15,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+if TYPE_CHECKING:
+    import tritonclient.http as httpclient
 
 
 @dataclass
@@ -101,3 +104,22 @@ def running_server(
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def thread_http_client(url: str, **options: object) -> Iterator["httpclient.InferenceServerClient"]:
+    """A tritonclient HTTP client for use inside one worker thread.
+
+    The client is gevent-based: it must be closed by the thread that made it, and its __del__ closes
+    it again wherever the garbage collector runs, which fails outside that thread (an unraisable
+    exception that then fails whichever test is running). Closed here, on exit, and made inert for
+    __del__.
+    """
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url, **options)
+    try:
+        yield client
+    finally:
+        client.close()
+        client.close = lambda: None  # type: ignore[method-assign]

@@ -1,6 +1,8 @@
 """The dynamic batcher end to end: real server, real clients, many at once."""
 from __future__ import annotations
 
+from contextlib import closing
+
 import socket
 import threading
 import time
@@ -14,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from runtime.examples import FAILING_INSTANCE_GROUP, build_failing, build_identity, save_model
-from serving import RunningServer, running_server
+from serving import RunningServer, running_server, thread_http_client
 
 WINDOW_US = 20_000
 SLOW_WINDOW_US = 1_500_000
@@ -68,7 +70,15 @@ def test_every_response_holds_exactly_its_own_rows(server: RunningServer) -> Non
 
     def client_loop(client_id: int) -> None:
         module = httpclient if client_id % 2 else grpcclient
-        client = module.InferenceServerClient(server.http_url if module is httpclient else server.grpc_url)
+        opened = (
+            thread_http_client(server.http_url)
+            if module is httpclient
+            else closing(grpcclient.InferenceServerClient(server.grpc_url))
+        )
+        with opened as client:
+            send_all(module, client, client_id)
+
+    def send_all(module, client, client_id: int) -> None:  # type: ignore[no-untyped-def]
         for request_number in range(8):
             rows = 1 + (client_id + request_number) % 3
             data = (np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) + client_id * 1000 + request_number * 10)
@@ -120,13 +130,13 @@ def test_full_queue_is_rejected_at_once(server: RunningServer) -> None:
     outcomes: list[tuple[str, float]] = []
 
     def send() -> None:
-        client = httpclient.InferenceServerClient(server.http_url, network_timeout=30)
-        started = time.monotonic()
-        try:
-            client.infer("slow_window", [fp32_input(httpclient, np.ones((1, 4), dtype=np.float32))])
-            outcomes.append(("ok", time.monotonic() - started))
-        except InferenceServerException as exc:
-            outcomes.append((f"{exc.status()}:{exc.message()}", time.monotonic() - started))
+        with thread_http_client(server.http_url, network_timeout=30) as client:
+            started = time.monotonic()
+            try:
+                client.infer("slow_window", [fp32_input(httpclient, np.ones((1, 4), dtype=np.float32))])
+                outcomes.append(("ok", time.monotonic() - started))
+            except InferenceServerException as exc:
+                outcomes.append((f"{exc.status()}:{exc.message()}", time.monotonic() - started))
 
     threads = [threading.Thread(target=send) for _ in range(5)]
     for thread in threads:

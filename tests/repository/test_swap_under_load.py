@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import tritonclient.http as httpclient
 
 from runtime.examples import save_model
 from repository.models import build_scale
-from serving import running_server
+from serving import running_server, thread_http_client
 
 FACTORS = {"1": 1.0, "2": 2.0}
 CLIENTS_PER_PROTOCOL = 3
@@ -43,7 +44,12 @@ class Swap:
 
 def _client_loop(protocol: str, url: str, stop: threading.Event, answers: list[Answer], errors: list[str]) -> None:
     module = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(url)
+    opened = thread_http_client(url) if protocol == "http" else closing(grpcclient.InferenceServerClient(url))
+    with opened as client:
+        _send_until_stopped(module, client, protocol, stop, answers, errors)
+
+
+def _send_until_stopped(module, client, protocol: str, stop: threading.Event, answers: list[Answer], errors: list[str]) -> None:  # type: ignore[no-untyped-def]
     data = np.full((1, 4), 1.0, dtype=np.float32)
     tensor = module.InferInput("INPUT0", [1, 4], "FP32")
     tensor.set_data_from_numpy(data)
