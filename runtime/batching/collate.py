@@ -17,20 +17,20 @@ from runtime.types import Array
 _fast = compiled("runtime.batching._batching")
 
 
+def gather_rows(arrays: Sequence[Array]) -> Array:
+    """The arrays' rows one after another in one new contiguous array (one copy)."""
+    first = arrays[0]
+    if _fast is None or first.dtype == object:
+        return np.concatenate(arrays, axis=0)
+    out = np.empty((sum(array.shape[0] for array in arrays), *first.shape[1:]), first.dtype)
+    return _fast.gather(list(arrays), out)  # type: ignore[no-any-return]
+
+
 def stack(requests: Sequence[dict[str, Array]]) -> dict[str, Array]:
     """One contiguous array per input, the requests' rows one after another (one copy)."""
     if len(requests) == 1:
         return requests[0]
-    batch: dict[str, Array] = {}
-    for name in requests[0]:
-        arrays = [request[name] for request in requests]
-        first = arrays[0]
-        if _fast is None or first.dtype == object:
-            batch[name] = np.concatenate(arrays, axis=0)
-            continue
-        out = np.empty((sum(array.shape[0] for array in arrays), *first.shape[1:]), first.dtype)
-        batch[name] = _fast.gather(arrays, out)
-    return batch
+    return {name: gather_rows([request[name] for request in requests]) for name in requests[0]}
 
 
 def split(outputs: dict[str, Array], row_counts: Sequence[int]) -> list[dict[str, Array]]:

@@ -11,6 +11,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
+from runtime.batching.collate import gather_rows
 from runtime.errors import ModelLoadError
 from runtime.server._pb import model_config_pb2 as mc
 from runtime.types import Array
@@ -75,12 +76,12 @@ def group_key(inputs: dict[str, Array], plan: RaggedPlan) -> Hashable:
 
 def pad_stack(requests: Sequence[dict[str, Array]], plan: RaggedPlan) -> dict[str, Array]:
     """One array per input, every request's rows padded with zeros (empty strings for BYTES) to the
-    largest extent in the batch; one copy, like collate.stack."""
+    largest extent in the batch; inputs whose shapes agree are stacked as collate.stack does. One copy."""
     batch: dict[str, Array] = {}
     for name in requests[0]:
         arrays = [request[name] for request in requests]
         if name not in plan.input_axes or len({a.shape[1:] for a in arrays}) == 1:
-            batch[name] = np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+            batch[name] = gather_rows(arrays) if len(arrays) > 1 else arrays[0]
             continue
         extent = tuple(max(sizes) for sizes in zip(*(a.shape[1:] for a in arrays)))
         rows = sum(a.shape[0] for a in arrays)
