@@ -268,14 +268,13 @@ def perf_analyzer(
     binary: Path, model: str, protocol: str, port: int, concurrency: int, window_ms: int, report: Path,
     flags: Sequence[str] = (),
 ) -> dict[str, float]:
-    from run import read_last_row
+    from run import Transport, perf_analyzer_command, read_last_row
 
     report.unlink(missing_ok=True)
-    command = [
-        str(binary), "-m", model, "-u", f"127.0.0.1:{port}", "-i", protocol,
-        "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms),
-        "--stability-percentage", "100", "--max-trials", "3", "-f", str(report), *flags,
-    ]  # fmt: skip
+    transport = Transport(protocol, protocol, "binary", tuple(flags))
+    command = perf_analyzer_command(
+        binary, model, f"127.0.0.1:{port}", transport, concurrency, window_ms, 100, 3, report
+    )
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if completed.returncode != 0 or not report.exists():
         raise RuntimeError(f"perf_analyzer failed: {(completed.stdout + completed.stderr)[-800:]}")

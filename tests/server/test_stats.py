@@ -50,21 +50,12 @@ def get(server: RunningServer, path: str) -> tuple[int, Any]:
         return error.code, json.loads(error.read())
 
 
-def simple_inputs(rows: int) -> list[httpclient.InferInput]:
+def simple_inputs(rows: int, client: Any = httpclient) -> list[Any]:
+    """INPUT0 and INPUT1 of `simple` for `rows` rows, as `client` (tritonclient.http or .grpc) wants them."""
     data = np.arange(rows * 16, dtype=np.int32).reshape(rows, 16)
     inputs = []
     for name in ("INPUT0", "INPUT1"):
-        tensor = httpclient.InferInput(name, [rows, 16], "INT32")
-        tensor.set_data_from_numpy(data)
-        inputs.append(tensor)
-    return inputs
-
-
-def simple_grpc_inputs(rows: int) -> list[grpcclient.InferInput]:
-    data = np.arange(rows * 16, dtype=np.int32).reshape(rows, 16)
-    inputs = []
-    for name in ("INPUT0", "INPUT1"):
-        tensor = grpcclient.InferInput(name, [rows, 16], "INT32")
+        tensor = client.InferInput(name, [rows, 16], "INT32")
         tensor.set_data_from_numpy(data)
         inputs.append(tensor)
     return inputs
@@ -98,7 +89,7 @@ def test_counts_grow_by_what_we_sent_over_both_protocols(server: RunningServer) 
     before = http.get_inference_statistics("simple")["model_stats"][0]
     http.infer("simple", simple_inputs(1))
     http.infer("simple", simple_inputs(3))
-    grpc.infer("simple", simple_grpc_inputs(3))
+    grpc.infer("simple", simple_inputs(3, grpcclient))
     after_http = http.get_inference_statistics("simple")["model_stats"][0]
     after_grpc = grpc.get_inference_statistics("simple").model_stats[0]
 
