@@ -3,6 +3,25 @@ from __future__ import annotations
 
 import enum
 
+# What an error message may quote of a client's text, and how long a whole message may grow: a
+# 10 MB tensor name must not come back in a 10 MB error body.
+QUOTE_LIMIT = 64
+MESSAGE_LIMIT = 4096
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """repr(value) for an error message, cut to `limit` characters with how much was left out."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def capped(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit} more characters)"
+
 
 class Code(enum.Enum):
     INVALID_ARGUMENT = "invalid_argument"  # HTTP 400, gRPC INVALID_ARGUMENT
@@ -24,6 +43,7 @@ class RuntimeServingError(Exception):
     code: Code = Code.INTERNAL
 
     def __init__(self, message: str, code: Code | None = None) -> None:
+        message = capped(message)
         super().__init__(message)
         self.message = message
         if code is not None:

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime import codec
-from runtime.errors import InvalidInput
+from runtime.errors import InvalidInput, quoted
 from runtime.types import DATATYPE_TO_NUMPY, Array
 
 
@@ -30,7 +30,13 @@ def numpy_dtype(datatype: str, tensor: str) -> np.dtype[Any]:
 _MAX_ELEMENTS = np.iinfo(np.intp).max // 16
 
 
+# numpy's NPY_MAXDIMS (64 in numpy 2): a deeper shape cannot be an ndarray at all.
+MAX_DIMS = 64
+
+
 def check_shape(shape: Sequence[int], tensor: str) -> tuple[int, ...]:
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input {quoted(tensor)}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     if any(dim < 0 for dim in shape):
         raise InvalidInput(f"input {tensor!r}: shape {list(shape)} has a negative dimension")
     dims = tuple(int(dim) for dim in shape)
