@@ -64,7 +64,7 @@ class Engine:
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         served = self.registry.get(name, version)
-        versions = [str(version)] if version else [str(v) for v in self.registry.ready_versions(name)]
+        versions = [str(served.version)] if version else [str(v) for v in self.registry.ready_versions(name)]
         return ModelMetadata(
             name=name,
             versions=versions,

@@ -57,6 +57,7 @@ class Snapshot:
     versions: tuple[int, ...]
     override: mc.ModelConfig | None
     weights: dict[int, float]
+    labels: dict[str, int]
 
 
 @dataclass(slots=True)
@@ -73,6 +74,9 @@ class ModelEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _credit: dict[int, float] = field(default_factory=dict)  # smooth weighted round-robin state
     _default: ServedModel | None = None
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(tuple(sorted(self.serving)), self.override, dict(self.weights), dict(self.labels))
 
     def refresh_default(self) -> None:
         ready = [v for v, r in self.serving.items() if r.served is not None]
@@ -176,7 +180,14 @@ class ModelRegistry:
                     records[version] = current  # unchanged: keep serving it as it is
                 else:
                     to_load.append((version, stamp))
-            self._check_budget(entry, model_dir, declared, [v for v, _ in to_load])
+            try:
+                self._check_budget(entry, model_dir, declared, [v for v, _ in to_load])
+            except MemoryBudgetExceeded as exc:
+                # Shown in the index and in "not ready" answers, like any other failed version.
+                for version, _ in to_load:
+                    entry.failed[version] = VersionRecord(entry.name, version, ModelState.UNAVAILABLE, exc.message)
+                log.error("%s", exc.message)
+                raise
             for version, stamp in to_load:
                 started = time.monotonic()
                 try:
@@ -223,7 +234,7 @@ class ModelRegistry:
 
     def _swap(self, entry: ModelEntry, new_records: dict[int, VersionRecord], override: mc.ModelConfig | None) -> None:
         if entry.serving:
-            entry.history.append(Snapshot(tuple(sorted(entry.serving)), entry.override, dict(entry.weights)))
+            entry.history.append(entry.snapshot())
             del entry.history[:-MAX_HISTORY]
         old = entry.serving
         entry.serving = dict(new_records)  # the switch: one assignment
@@ -255,7 +266,7 @@ class ModelRegistry:
         if entry is None or not entry.serving:
             raise ModelNotFound(f"model {name!r} is not loaded")
         async with entry.lock:
-            entry.history.append(Snapshot(tuple(sorted(entry.serving)), entry.override, dict(entry.weights)))
+            entry.history.append(entry.snapshot())
             for version, record in entry.serving.items():
                 record.state = ModelState.UNLOADING
                 entry.unloaded[version] = record
@@ -275,6 +286,7 @@ class ModelRegistry:
             # The load pushed the state we left; both it and the one we restored are used up.
             del entry.history[-2:]
             entry.weights = {v: w for v, w in previous.weights.items() if v in entry.serving}
+            entry.labels = {label: v for label, v in previous.labels.items() if v in entry.serving}
             entry.refresh_default()
         return versions
 
