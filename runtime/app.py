@@ -59,7 +59,7 @@ def start_poller(registry: ModelRegistry, settings: Settings) -> asyncio.Task[No
         return None
     from runtime.repository.poller import RepositoryPoller
 
-    poller = RepositoryPoller(registry, settings.repository_poll_secs)
+    poller = RepositoryPoller(registry, settings.repository_poll_secs, settings.repository_poll_quiet_secs)
     poller.prime()
     task = asyncio.get_running_loop().create_task(poller.run_forever(), name="repository-poller")
     task.add_done_callback(_log_poller_end)

@@ -105,6 +105,11 @@ class Settings:
         "Model to load at start in explicit mode (repeatable; '*' loads all).", default_factory=list
     )
     repository_poll_secs: float = _doc("Seconds between repository scans in poll mode.", default=15.0)
+    repository_poll_quiet_secs: float = _doc(
+        "Poll mode loads a version only once none of its files changed for this many seconds "
+        "(and they look the same in two consecutive scans): a writer pausing for less mid-file is never loaded.",
+        default=10.0,
+    )
     exit_timeout_secs: float = _doc(
         "Grace period on SIGTERM/SIGINT to drain queued and running requests.", default=30.0
     )

@@ -1,12 +1,17 @@
 """--model-control-mode poll: rescan the repository and load, reload or unload what changed.
 
-Half-written versions are never loaded: a version directory counts only once its model file
-exists and its files' sizes and modification times are the same in two consecutive scans.
+A version still being written is not loaded: a version directory counts only once its model
+file exists, its files' sizes and modification times are the same in two consecutive scans, and
+none of its files changed (mtime or ctime, so copies that preserve mtimes count from when they
+landed) for `quiet_s`. A writer that pauses longer than that mid-file can still be seen; renaming
+a finished directory into place is the one way that is always safe.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 from runtime.errors import RuntimeServingError
@@ -25,6 +30,7 @@ ModelScan = tuple[tuple[int, int] | None, dict[int, tuple[tuple[str, int, int], 
 class RepositoryPoller:
     registry: ModelRegistry
     interval_s: float
+    quiet_s: float = 0.0
 
     def __post_init__(self) -> None:
         self._previous: dict[str, ModelScan] = {}
@@ -72,11 +78,23 @@ class RepositoryPoller:
         for name in self.registry.store.model_names():
             model_dir = self.registry.store.model(name)
             if model_dir is not None:
-                scans[name] = _scan(model_dir)
+                scans[name] = _scan(model_dir, self.quiet_s)
         return scans
 
 
-def _scan(model_dir: ModelDir) -> ModelScan:
+def _last_change_ns(version_dir: str) -> int:
+    newest = 0
+    for root, _, names in os.walk(version_dir):
+        for name in names:
+            try:
+                stat = os.stat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            newest = max(newest, stat.st_mtime_ns, stat.st_ctime_ns)
+    return newest
+
+
+def _scan(model_dir: ModelDir, quiet_s: float = 0.0) -> ModelScan:
     config_path = model_dir.path / "config.pbtxt"
     try:
         stat = config_path.stat()
@@ -88,9 +106,13 @@ def _scan(model_dir: ModelDir) -> ModelScan:
     except RuntimeServingError:
         declared = mcfg.ModelConfig()
     versions = {}
+    settled_before_ns = time.time_ns() - int(quiet_s * 1e9)
     for version in model_dir.versions():
-        if loader.model_path(model_dir, version, declared).is_file():
-            versions[version] = loader.fingerprint(model_dir, version, declared).files
+        if not loader.model_path(model_dir, version, declared).is_file():
+            continue
+        if quiet_s > 0 and _last_change_ns(str(model_dir.version_path(version))) > settled_before_ns:
+            continue  # still being written, or just finished: look again next scan
+        versions[version] = loader.fingerprint(model_dir, version, declared).files
     return config_stamp, versions
 
 

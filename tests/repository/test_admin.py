@@ -244,7 +244,7 @@ def test_separate_admin_port(tmp_path: Path) -> None:
 
 def test_poll_mode_follows_the_repository(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    with running_server(repo, tmp_path / "srv", ["--model-control-mode", "poll", "--repository-poll-secs", "0.3"]) as server:
+    with running_server(repo, tmp_path / "srv", ["--model-control-mode", "poll", "--repository-poll-secs", "0.3", "--repository-poll-quiet-secs", "0.5"]) as server:
         client = httpclient.InferenceServerClient(server.http_url)
         assert infer_http(client, "scale") == ("2", 2.0)
         # A half-written version: the file keeps growing between scans, so it is never loaded.

@@ -1,0 +1,35 @@
+"""Poll mode and writers that pause: a version still being written is never tried."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import tritonclient.http as httpclient
+
+from repository.models import scale_bytes
+from repository.test_admin import _wait_for, infer_http, make_repo
+from serving import running_server
+
+
+def test_a_writer_pausing_mid_file_is_not_loaded(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    args = ["--model-control-mode", "poll", "--repository-poll-secs", "0.3", "--repository-poll-quiet-secs", "3"]
+    with running_server(repo, tmp_path / "srv", args) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        assert infer_http(client, "scale") == ("2", 2.0)
+        whole = scale_bytes(3.0)
+        partial = repo / "scale" / "3" / "model.onnx"
+        partial.parent.mkdir()
+        partial.write_bytes(whole[: len(whole) // 2])
+        # The writer pauses for more than four scans, as a slow copy over the network might.
+        paused_until = time.monotonic() + 1.5
+        while time.monotonic() < paused_until:
+            rows = [r for r in client.get_model_repository_index() if r["name"] == "scale" and r.get("version") == "3"]
+            assert not rows, f"the half-written version was tried: {rows}"
+            assert infer_http(client, "scale") == ("2", 2.0)
+            time.sleep(0.1)
+        with open(partial, "ab") as handle:
+            handle.write(whole[len(whole) // 2 :])
+        _wait_for(lambda: infer_http(client, "scale") == ("3", 3.0))
+        rows = [r for r in client.get_model_repository_index() if r["name"] == "scale" and r.get("version") == "3"]
+        assert rows and rows[0]["state"] == "READY"
