@@ -184,3 +184,12 @@ def test_alert_rules_name_exported_metrics() -> None:
     assert exprs
     for expr in exprs:
         assert metric_names(expr) and metric_names(expr) <= exported, expr
+
+
+def test_gpu_panels_say_no_gpu_when_there_is_none(dashboard: dict[str, Any]) -> None:
+    gpu_panels = [
+        panel for panel in _panels(dashboard) if any("_gpu_" in t.get("expr", "") for t in panel.get("targets", []))
+    ]
+    assert gpu_panels
+    for panel in gpu_panels:
+        assert "no GPU" in panel["fieldConfig"]["defaults"].get("noValue", ""), panel["title"]

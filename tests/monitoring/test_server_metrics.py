@@ -420,3 +420,17 @@ def test_request_log_has_one_json_line_per_request(traffic: Traffic) -> None:
         "queue_full",
         "success",
     }
+
+
+def test_every_dashboard_series_is_in_a_live_scrape(traffic: Traffic) -> None:
+    """Each non-GPU panel of the Grafana dashboard has data after ordinary traffic (GPU panels say "no GPU")."""
+    from monitoring.test_dashboard import MONITORING, _queries, metric_names
+
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    live = traffic.metrics.names()
+    empty: dict[str, list[str]] = {}
+    for where, expr in _queries(dashboard):
+        names = metric_names(expr)
+        if not any("_gpu_" in name for name in names) and names - live:
+            empty[where] = sorted(names - live)
+    assert not empty, f"dashboard queries with no series in a live scrape: {empty}"
