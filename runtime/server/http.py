@@ -24,12 +24,13 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from runtime import codec
 from runtime.config import Settings
 from runtime.engine import Engine
-from runtime.errors import Code, InvalidInput, PayloadTooLarge, RuntimeServingError
+from runtime.errors import Code, InvalidInput, PayloadTooLarge, RuntimeServingError, quoted
 from runtime.repository.model_config import config_to_json
 from runtime.tensors import array_from_json, array_from_raw, raw_from_array
 from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
@@ -102,20 +103,35 @@ async def read_body(request: Request, limit: int) -> bytes:
     if encoding in ("gzip", "deflate"):
         body = _decompress(body, encoding, limit)
     elif encoding not in ("", "identity"):
-        raise InvalidInput(f"unsupported Content-Encoding {encoding!r} (use gzip or deflate)")
+        raise InvalidInput(f"unsupported Content-Encoding {quoted(encoding)} (use gzip or deflate)")
     return body
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """The decompressed body; a stream that is corrupt or ends early is named as such, not as bad JSON."""
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    decompressor = zlib.decompressobj(wbits)
-    try:
-        data = decompressor.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"request body is not valid {encoding} data: {exc}") from None
-    if len(data) > limit or decompressor.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
-    return data
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:  # a gzip body may be several members one after another (RFC 1952); each is checked
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            data = decompressor.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise InvalidInput(f"the {encoding} request body is corrupt: {exc}") from None
+        size += len(data)
+        if size > limit or decompressor.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+        if not decompressor.eof:
+            raise InvalidInput(
+                f"the {encoding} request body is truncated: its compressed stream ends after {len(body)} bytes"
+            )
+        parts.append(data)
+        rest = decompressor.unused_data
+        if not rest:
+            return b"".join(parts)
+        if encoding != "gzip":
+            raise InvalidInput(f"the {encoding} request body is corrupt: {len(rest)} bytes follow the end of its stream")
 
 
 def _digits(text: str) -> bool:
@@ -129,7 +145,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]
         json_part, binary = memoryview(body), memoryview(b"")
     else:
         if not _digits(header_length) or len(header_length) > 19:
-            raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not a non-negative integer")
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {quoted(header_length)} is not a non-negative integer"
+            )
         length = int(header_length)
         if length > len(body):
             raise InvalidInput(
@@ -141,13 +159,78 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]
         return orjson.loads(json_part), binary
     except orjson.JSONDecodeError as exc:
         error = exc
+    if error.msg.startswith(("recursion limit", "depth limit")):
+        raise _too_deep(bytes(json_part)) from None
     # NaN, Infinity and -Infinity are not JSON, but Triton's clients write them for float data
     # (perf_analyzer's random inputs do) and Triton reads them; the stdlib parser does too.
     try:
         return json.loads(bytes(json_part)), binary
+    except RecursionError:  # the stdlib parser recurses per level: deep nesting plus a NaN gets here
+        raise _too_deep(bytes(json_part)) from None
     except ValueError:
         near = bytes(json_part[max(0, error.pos - 20) : error.pos + 20]).decode("utf-8", "replace")
-        raise InvalidInput(f"malformed JSON in request body: {error} (near {near!r})") from None
+        raise InvalidInput(f"malformed JSON in request body: {error} (near {quoted(near)})") from None
+
+
+# No V2 request nests deeper than this: a tensor's data has at most 64 levels (codec.MAX_DEPTH),
+# inside the body, 'inputs' and the input object.
+_JSON_MAX_DEPTH = 128
+_JSON_TOKEN = re.compile(rb'["\[\]{}:,]')
+_JSON_STRING_REST = re.compile(rb'(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _too_deep(text: bytes) -> InvalidInput:
+    """The error for JSON nested past what a parser takes, naming the tensor whose data it is.
+
+    A scan of the structural characters only (strings are skipped whole by a regex) up to the first
+    point deeper than _JSON_MAX_DEPTH: no recursion, and no cost beyond that point.
+    """
+    stack: list[list[Any]] = []  # ["{", key, name] or ["[", index]
+    after_colon = False
+    pos = 0
+    while (match := _JSON_TOKEN.search(text, pos)) is not None:
+        char, pos = match.group(), match.end()
+        top = stack[-1] if stack else None
+        if char == b'"':
+            end = _JSON_STRING_REST.match(text, pos)
+            if end is None:
+                break
+            if top is not None and top[0] == "{":
+                value = _json_string(text[pos - 1 : end.end()])
+                if not after_colon:
+                    top[1] = value
+                elif top[1] == "name":
+                    top[2] = value
+            pos = end.end()
+        elif char == b":":
+            after_colon = True
+            continue
+        elif char == b",":
+            if top is not None and top[0] == "[":
+                top[1] += 1
+        elif char in (b"{", b"["):
+            stack.append(["{", None, None] if char == b"{" else ["[", 0])
+            if len(stack) > _JSON_MAX_DEPTH:
+                break
+        elif stack:
+            stack.pop()
+        after_colon = False
+    where = "the request body"
+    if len(stack) > 3 and stack[0][1] in ("inputs", "outputs") and stack[1][0] == "[" and stack[2][0] == "{":
+        kind = stack[0][1][:-1]
+        name = stack[2][2]
+        where = f"{kind} {quoted(name)}" if isinstance(name, str) else f"{stack[0][1]}[{stack[1][1]}]"
+        if stack[2][1] is not None:
+            where += f": {quoted(stack[2][1])}"
+    return InvalidInput(f"{where} is JSON nested deeper than {_JSON_MAX_DEPTH} levels (a tensor's data has at most 64)")
+
+
+def _json_string(token: bytes) -> str | None:
+    try:
+        value = orjson.loads(token)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
@@ -158,6 +241,17 @@ def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
 
 
 _JSON_NAMES = {"dict": "object", "list": "array", "str": "string", "int": "integer", "bool": "boolean"}
+_SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+def _no_shared_memory(params: dict[str, Any], tensor: str) -> None:
+    # Refused rather than ignored: an output answered inline is not where the client reads it.
+    named = [key for key in _SHARED_MEMORY if key in params]
+    if named:
+        raise InvalidInput(
+            f"{tensor}: parameters.{named[0]} asks for shared memory, which this server does not support "
+            "yet; send the data in the request (JSON or the binary extension) instead"
+        )
 
 
 def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str) -> InferRequest:
@@ -168,19 +262,21 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
     for position, raw in enumerate(raw_inputs):
         _expect(raw, dict, f"inputs[{position}]")
         name = _expect(raw.get("name"), str, f"inputs[{position}].name")
-        datatype = _expect(raw.get("datatype"), str, f"input {name!r}: 'datatype'")
-        shape = _expect(raw.get("shape"), list, f"input {name!r}: 'shape'")
+        tensor = f"input {quoted(name)}"
+        datatype = _expect(raw.get("datatype"), str, f"{tensor}: 'datatype'")
+        shape = _expect(raw.get("shape"), list, f"{tensor}: 'shape'")
         for dim in shape:
-            _expect(dim, int, f"input {name!r}: every 'shape' entry")
+            _expect(dim, int, f"{tensor}: every 'shape' entry")
         if name in inputs:
-            raise InvalidInput(f"input {name!r} appears twice")
-        params = _expect(raw.get("parameters", {}), dict, f"input {name!r}: 'parameters'")
+            raise InvalidInput(f"{tensor} appears twice")
+        params = _expect(raw.get("parameters", {}), dict, f"{tensor}: 'parameters'")
+        _no_shared_memory(params, tensor)
         size = params.get("binary_data_size")
         if size is not None:
-            _expect(size, int, f"input {name!r}: binary_data_size")
+            _expect(size, int, f"{tensor}: binary_data_size")
             if size < 0 or offset + size > len(binary):
                 raise InvalidInput(
-                    f"input {name!r}: binary_data_size {size} at offset {offset} runs past the "
+                    f"{tensor}: binary_data_size {size} at offset {offset} runs past the "
                     f"{len(binary)} bytes of binary data"
                 )
             inputs[name] = array_from_raw(binary[offset : offset + size], datatype, shape, name)
@@ -188,29 +284,40 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
         elif "data" in raw:
             inputs[name] = array_from_json(raw["data"], datatype, shape, name)
         else:
-            raise InvalidInput(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+            raise InvalidInput(f"{tensor} has neither 'data' nor parameters.binary_data_size")
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the last input's data")
 
     params = _expect(doc.get("parameters", {}), dict, "'parameters'")
     default_binary = params.get("binary_data_output")
+    if default_binary is not None:
+        _expect(default_binary, bool, "parameters.binary_data_output")
     requested: list[RequestedOutput] | None = None
-    if "outputs" in doc:
+    if doc.get("outputs") is not None:
         requested = []
         for position, raw in enumerate(_expect(doc["outputs"], list, "'outputs'")):
             _expect(raw, dict, f"outputs[{position}]")
             name = _expect(raw.get("name"), str, f"outputs[{position}].name")
-            out_params = _expect(raw.get("parameters", {}), dict, f"output {name!r}: 'parameters'")
+            tensor = f"output {quoted(name)}"
+            out_params = _expect(raw.get("parameters", {}), dict, f"{tensor}: 'parameters'")
+            _no_shared_memory(out_params, tensor)
             binary_flag = out_params.get("binary_data", default_binary)
-            classification = out_params.get("classification", 0)
-            requested.append(RequestedOutput(name, bool(binary_flag) if binary_flag is not None else None, classification))
-    request_id = doc.get("id", "")
+            if binary_flag is not None:
+                _expect(binary_flag, bool, f"{tensor}: parameters.binary_data")
+            classification = _expect(out_params.get("classification", 0), int, f"{tensor}: parameters.classification")
+            if classification < 0:
+                raise InvalidInput(f"{tensor}: parameters.classification must be >= 0, got {classification}")
+            requested.append(RequestedOutput(name, binary_flag, classification))
+    # null is no id (tritonclient never sends one; others write null for "none")
+    request_id = doc.get("id")
+    if request_id is not None:
+        _expect(request_id, str, "'id'")
     return InferRequest(
         model_name=model,
         model_version=version,
         inputs=inputs,
         requested_outputs=requested,
-        id=str(request_id),
+        id=request_id or "",
         protocol="http",
         parameters={k: v for k, v in params.items() if k != "binary_data_output"} | (
             {"binary_data_output": bool(default_binary)} if default_binary is not None else {}
@@ -262,11 +369,15 @@ def tensor_json(spec: TensorSpec) -> dict[str, Any]:
 def build_app(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> Any:
     limit = settings.max_request_bytes
 
+    # The V2 spec's health answers are JSON objects (the KServe SDK parses them; tritonclient reads
+    # only the status), the 503s too.
     async def live(request: Request) -> Response:
-        return Response(status_code=200 if engine.live() else 503)
+        alive = engine.live()
+        return json_response({"live": alive}, 200 if alive else 503)
 
     async def ready(request: Request) -> Response:
-        return Response(status_code=200 if engine.ready() else 503)
+        is_ready = engine.ready()
+        return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
     @answers_errors
     async def server_metadata(request: Request) -> Response:
@@ -292,7 +403,8 @@ def build_app(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute
     async def model_ready(request: Request) -> Response:
         model, version = _model_and_version(request)
         engine.registry.record(model, version)  # 404 for unknown models and versions
-        return Response(status_code=200 if engine.model_ready(model, version) else 503)
+        is_ready = engine.model_ready(model, version)
+        return json_response({"name": model, "ready": is_ready}, 200 if is_ready else 503)
 
     @answers_errors
     async def model_config(request: Request) -> Response:
@@ -303,8 +415,11 @@ def build_app(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute
     async def infer(request: Request) -> Response:
         model, version = _model_and_version(request)
         body = await read_body(request, limit)
-        doc, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-        infer_request = decode_infer_request(doc, binary, model, version)
+        try:
+            doc, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+            infer_request = decode_infer_request(doc, binary, model, version)
+        except InvalidInput as exc:  # the engine's messages name the model; say it here too
+            raise InvalidInput(f"model {quoted(model)}: {exc.message}") from None
         default_binary = bool(infer_request.parameters.pop("binary_data_output", False))
         with _cancelled_on_disconnect(request):
             response = await engine.infer(infer_request)
@@ -455,6 +570,23 @@ def _answers_cancellation(app: Any) -> Any:
     return wrapped
 
 
+class _ConnectionFlow(FlowControl):
+    """uvicorn's flow control, except that reading resumes only when the connection's gate allows it.
+
+    uvicorn resumes reading on every `receive()` and after every response, whatever is queued: a
+    client that pipelines requests and never reads the answers had its requests parsed and queued
+    without bound (hundreds of thousands, GBs of RSS).
+    """
+
+    def __init__(self, transport: asyncio.Transport, gate: Callable[[], bool]) -> None:
+        super().__init__(transport)
+        self._gate = gate
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self._gate():
+            super().resume_reading()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus the limits it lacks against slow or stalled clients.
 
@@ -464,12 +596,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     - A client that stops reading its answer for `request_timeout_s` is disconnected.
     - Beyond `max_connections` connections, or as many running requests, requests are answered
       503 with our JSON error at once (uvicorn's own limit answers text and logs each one).
+    - Per-connection flow control: while `max_pipelined` requests wait behind the one being answered,
+      or the transport's write buffer is above its high-water mark (the client is not reading), the
+      connection is not read, and bytes already read are held unparsed; a greedy pipelining client
+      is held to a few requests and one read's worth of bytes, and other connections are served.
+      What a connection holds is dropped when it closes.
     Idle keep-alive connections are uvicorn's `timeout_keep_alive`.
     """
 
     request_timeout_s: float = 30.0
     max_header_bytes: int = 64 * 1024
     max_connections: int = 4096
+    max_pipelined: int = 4
+    # Bytes handed to the parser at a time: it cannot stop inside a buffer, so the pipeline may
+    # overshoot `max_pipelined` by at most the requests that fit in one piece.
+    feed_bytes: int = 16 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -479,6 +620,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._reading_headers = True
         self._discarding = False  # answered and closing: input is read and dropped
+        self._held = bytearray()  # read but not parsed while the connection is backed up
+        self._release_scheduled = False
 
     @classmethod
     def configured(
@@ -496,6 +639,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _ConnectionFlow(transport, self._may_read)
         self._arm_read_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -504,15 +648,64 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 handle.cancel()
         self._read_deadline = self._write_deadline = None
         super().connection_lost(exc)
+        # Queued requests reference this protocol (their cycles' on_response) and it them: without
+        # this they wait for the cyclic garbage collector, which an idle server may not run for long.
+        self.pipeline.clear()
+        self._held = bytearray()
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
-        if self._reading_headers:
-            self._header_bytes += len(data)
-        super().data_received(data)
-        if self._reading_headers and self._header_bytes > self.max_header_bytes:
-            self._refuse(431, f"request headers exceed {self.max_header_bytes} bytes")
+        if self._held:  # backed up: keep the bytes in order behind those already held
+            self._held += data
+            self.flow.pause_reading()
+            return
+        self._feed(memoryview(data))
+
+    def _feed(self, data: memoryview) -> None:
+        step = self.feed_bytes
+        while data:
+            if self._backed_up():
+                self._held = bytearray(data)
+                self.flow.pause_reading()
+                return
+            piece, data = data[:step], data[step:]
+            if self._reading_headers:
+                self._header_bytes += len(piece)
+            super().data_received(piece)  # type: ignore[arg-type]  # httptools takes any buffer
+            if self._reading_headers and self._header_bytes > self.max_header_bytes:
+                self._refuse(431, f"request headers exceed {self.max_header_bytes} bytes")
+            if self._discarding or self.transport.is_closing():
+                return
+
+    def _backed_up(self) -> bool:
+        return len(self.pipeline) >= self.max_pipelined or self.flow.write_paused
+
+    def _may_read(self) -> bool:
+        """The flow-control gate: False keeps the transport paused; held bytes are parsed first."""
+        if self._backed_up() or self.transport.is_closing():
+            return False
+        if self._held:
+            if not self._release_scheduled:
+                # Not from inside uvicorn's callbacks (receive(), on_response_complete): parsing
+                # starts new requests, so do it from the loop.
+                self._release_scheduled = True
+                self.loop.call_soon(self._release_held)
+            return False
+        return True
+
+    def _release_held(self) -> None:
+        self._release_scheduled = False
+        if self.transport.is_closing() or self._discarding or self._backed_up():
+            return
+        held, self._held = self._held, bytearray()
+        self._feed(memoryview(held))
+        self.flow.resume_reading()  # the gate decides again
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # resumes reading (refused while full), then starts the next
+        if not self.transport.is_closing():
+            self.flow.resume_reading()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -548,6 +741,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._write_deadline is not None:
             self._write_deadline.cancel()
             self._write_deadline = None
+        if not self.transport.is_closing():
+            self.flow.resume_reading()
 
     def _arm_read_deadline(self) -> None:
         self._read_deadline = self.loop.call_later(self.request_timeout_s, self._too_slow)
@@ -555,6 +750,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _too_slow(self) -> None:
         self._read_deadline = None
         if self.transport.is_closing():
+            return
+        if self._held:  # the client sent it; we are the ones not reading
+            self._arm_read_deadline()
             return
         waiting_for_body = self.cycle is not None and not self.cycle.response_complete
         if not waiting_for_body and not self._header_bytes:
@@ -647,14 +845,22 @@ class AsgiServer:
                 self._task.result()
             await asyncio.sleep(0.01)
 
-    async def stop(self) -> bool:
-        """Stop accepting, let in-flight requests finish (uvicorn waits for them), then close.
+    async def stop(self, deadline: float | None = None) -> bool:
+        """Stop accepting, let in-flight requests finish until `deadline` (the loop's clock, which is
+        time.monotonic()), answer the rest 503, then close. Without a deadline: --exit-timeout-secs.
 
-        True when every request finished within the grace period (--exit-timeout-secs).
+        True when every request finished in time.
         """
+        loop = asyncio.get_running_loop()
+        if deadline is not None:
+            # uvicorn sleeps 0.1 s before it starts waiting; its wait is what is left after that.
+            self._server.config.timeout_graceful_shutdown = max(0.1, deadline - loop.time() - 0.1)  # type: ignore[assignment]
         self._server.should_exit = True
         if self._task is not None:
-            await self._task
+            limit = None if deadline is None else max(0.5, deadline - loop.time() + 0.5)
+            done, _ = await asyncio.wait({self._task}, timeout=limit)
+            if not done:  # uvicorn itself is stuck: its connections die with the process
+                return False
         return self._server.drained
 
 
