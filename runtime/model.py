@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Coroutine, Sequence
 
 import numpy as np
 
 from runtime.backends.base import Backend
-from runtime.errors import ExecutionError
+from runtime.errors import Code, ExecutionError, ModelLoadError, Unavailable
 from runtime.batching import collate
 from runtime.batching.ragged import cut, pad_stack, ragged_plan
 from runtime.batching.ragged import group_key as ragged_group_key
-from runtime.batching.workers import InstanceWorkers
+from runtime.batching.workers import InstanceWorkers, WorkersUnavailable
 from runtime.processing import Processing
 from runtime.observer import BatchTiming, NullObserver, Observer
 from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
@@ -126,8 +128,7 @@ class ServedModel:
             t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")
         }
         self._output_reshape = {t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")}
-        self._ragged = ragged_plan(config, self.label)  # before the threads: it may refuse the config
-        self._workers = InstanceWorkers(backend.instance_count, f"{self.name}-v{version}")
+        self._ragged = ragged_plan(config, self.label)  # may refuse the config, so before the threads
         # Executions shorter than this run on the event loop itself: for a tiny model, handing the
         # work to the instance thread and back costs more than the work.
         # Not on a GPU: there thread CPU time need not be wall time (a blocking stream sync sleeps).
@@ -135,12 +136,21 @@ class ServedModel:
         self._inline_limit_ns = 0.0 if on_gpu else inline_execution_us * 1e3
         self._execution_ns: float | None = None  # moving average of backend.run's CPU time
         self._first_execution = True
+        # The queue reaches this model through a weak reference: no cycle between them, so a retired
+        # (or never served) version is freed by reference counting the moment the registry lets it
+        # go, not whenever the cyclic garbage collector runs. In-flight batches hold it strongly.
+        this = weakref.ref(self)
         self.queue: BatchQueue[Validated, Outputs] = BatchQueue(
             f"{self.name}:{version}",
             batch_policy(config, backend.instance_count, default_max_queue_size),
-            self._run_batch,
-            runs_inline=lambda: self.runs_inline,
+            functools.partial(_run_batch_of, this),
+            runs_inline=functools.partial(_runs_inline_of, this),
         )
+        # Last, so that nothing after the threads start can fail and leave them behind.
+        try:
+            self._workers = InstanceWorkers(backend.instance_count, f"{self.name}-v{version}")
+        except WorkersUnavailable as exc:
+            raise ModelLoadError(f"{self.label}: {exc.message}", Code.RESOURCE_EXHAUSTED) from None
 
     @property
     def max_batch_size(self) -> int:
@@ -263,9 +273,33 @@ class ServedModel:
         per_size[2].add(output_ns)
 
     async def close(self) -> None:
-        """Drain queued and running requests, then free the sessions."""
+        """Drain queued and running requests, then stop the instance threads and free the sessions."""
         self.state = ModelState.UNLOADING
-        await self.queue.close()
-        await asyncio.to_thread(self._workers.shutdown)
+        try:
+            await self.queue.close()
+            await asyncio.to_thread(self._workers.shutdown)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Free threads and sessions now, without draining: for a version that never served
+        (a load that failed after this was built) and for the end of close()."""
+        self._workers.shutdown()
         self.backend.close()
         self.state = ModelState.UNAVAILABLE
+
+
+def _run_batch_of(
+    model: weakref.ref[ServedModel], instance: int, items: Sequence[Pending[Validated, Outputs]]
+) -> Coroutine[Any, Any, list[Outputs]]:
+    # A plain function handing back the model's coroutine (which holds the model while it runs):
+    # no extra coroutine per batch.
+    served = model()
+    if served is None:  # cannot happen while the registry holds it; a freed model serves nothing
+        raise Unavailable("the model version was unloaded")
+    return served._run_batch(instance, items)
+
+
+def _runs_inline_of(model: weakref.ref[ServedModel]) -> bool:
+    served = model()
+    return served is not None and served.runs_inline

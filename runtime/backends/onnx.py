@@ -1,11 +1,13 @@
 """ONNX Runtime execution: one InferenceSession per model instance. The only importer of onnxruntime."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -81,7 +83,7 @@ class OnnxBackend:
         try:
             for index in range(spec.instance_count):
                 self._sessions.append(self._open(index))
-        except ModelLoadError:
+        except BaseException:  # session k of n failed (or the load was interrupted): drop the k-1 opened
             self.close()
             raise
         self._providers = list(self._sessions[0].get_providers())
@@ -187,7 +189,35 @@ class OnnxBackend:
         return dict(zip(output_names, binding.copy_outputs_to_cpu()))
 
     def close(self) -> None:
+        # This list holds the only references: clearing it frees each session (its memory and its
+        # thread pools) now, by reference counting.
+        had_sessions = bool(self._sessions)
         self._sessions.clear()
+        if had_sessions:
+            _return_freed_memory()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to ask
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _return_freed_memory() -> None:
+    """Hand the weights of closed sessions back to the OS.
+
+    glibc keeps freed memory in the arena of the thread that allocated it; a version loaded on one
+    executor thread and freed later would stay in RSS (one model size per arena) until that arena
+    is reused. malloc_trim(0) releases the free pages of every arena.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _has_string_tensors(session: ort.InferenceSession) -> bool:

@@ -2,28 +2,49 @@
 
 Lighter than loop.run_in_executor: a job is handed over through a SimpleQueue and its result
 comes back with one call_soon_threadsafe, with no concurrent.futures.Future to chain.
+
+The threads hold nothing but their job queue between jobs, so a model version whose workers are
+shut down (or dropped) leaves no thread and keeps no session alive.
 """
 from __future__ import annotations
 
 import asyncio
 import queue
 import threading
+import weakref
 from typing import Any, Callable, TypeVar
+
+from runtime.errors import Code, RuntimeServingError
 
 T = TypeVar("T")
 
 _STOP = object()
 
 
+class WorkersUnavailable(RuntimeServingError):
+    """The OS would not start another thread (too many threads, or out of memory for their stacks)."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+
 class InstanceWorkers:
     def __init__(self, count: int, name: str) -> None:
         self._jobs: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in range(count)]
-        self._threads = [
-            threading.Thread(target=self._serve, args=(jobs,), name=f"{name}-instance{index}", daemon=True)
-            for index, jobs in enumerate(self._jobs)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads: list[threading.Thread] = []
+        # Safety net for workers dropped without shutdown() (a load that failed after they started):
+        # the threads are told to stop when this object goes, instead of waiting forever on their queue.
+        self._finalizer = weakref.finalize(self, _tell_stop, self._jobs)
+        for index, jobs in enumerate(self._jobs):
+            thread = threading.Thread(target=_serve, args=(jobs,), name=f"{name}-instance{index}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread": undo the ones that did start
+                self.shutdown()
+                raise WorkersUnavailable(
+                    f"cannot start thread {index + 1} of {count} for the instances ({exc}); "
+                    f"{threading.active_count()} threads are running in the server"
+                ) from None
+            self._threads.append(thread)
 
     def run(self, instance: int, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run `function(*args)` on the instance's thread; the future resolves on the calling loop."""
@@ -32,22 +53,35 @@ class InstanceWorkers:
         self._jobs[instance].put((loop, future, function, args))
         return future
 
-    @staticmethod
-    def _serve(jobs: queue.SimpleQueue[Any]) -> None:
-        while (job := jobs.get()) is not _STOP:
-            loop, future, function, args = job
-            try:
-                result = function(*args)
-            except BaseException as exc:  # delivered to the awaiting coroutine
-                loop.call_soon_threadsafe(_settle_error, future, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result)
-
     def shutdown(self) -> None:
-        for jobs in self._jobs:
-            jobs.put(_STOP)
+        """Stop and join every thread (after the jobs already handed over); safe to call twice."""
+        self._finalizer()
         for thread in self._threads:
             thread.join()
+        self._threads.clear()
+
+
+def _tell_stop(jobs: list[queue.SimpleQueue[Any]]) -> None:
+    for queued in jobs:
+        queued.put(_STOP)
+
+
+def _serve(jobs: queue.SimpleQueue[Any]) -> None:
+    # A module function, not a method: the thread must not keep its InstanceWorkers alive.
+    while (job := jobs.get()) is not _STOP:
+        _run_job(*job)
+        # Between jobs hold nothing: the last job's function and arguments (a bound method of the
+        # model, a batch of inputs) would keep a retired version and its sessions alive.
+        del job
+
+
+def _run_job(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        result = function(*args)
+    except BaseException as exc:  # delivered to the awaiting coroutine
+        loop.call_soon_threadsafe(_settle_error, future, exc)
+    else:
+        loop.call_soon_threadsafe(_settle, future, result)
 
 
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
