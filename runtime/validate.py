@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
-from runtime.errors import InvalidInput
+from runtime.errors import InvalidInput, quoted
 from runtime.types import Array, RequestedOutput, TensorSpec, datatype_of
 
 
@@ -30,7 +30,7 @@ def validate_request(
     extra = [name for name in inputs if name not in by_name]
     if extra:
         raise InvalidInput(
-            f"{label}: unexpected input {extra[0]!r}; the model's inputs are {', '.join(by_name)}"
+            f"{label}: unexpected input {quoted(extra[0])}; the model's inputs are {', '.join(by_name)}"
         )
     missing = [spec.name for spec in specs if spec.name not in inputs and spec.name not in optional]
     if missing:
@@ -76,7 +76,7 @@ def validate_request(
         for output in requested:
             if output.name not in known:
                 raise InvalidInput(
-                    f"{label}: unknown output {output.name!r} requested; the model's outputs are {', '.join(output_names)}"
+                    f"{label}: unknown output {quoted(output.name)} requested; the model's outputs are {', '.join(output_names)}"
                 )
     return Validated(ordered, rows or 1, tuple(group), output_names)
 

@@ -33,7 +33,7 @@ from runtime.engine import Engine
 from runtime.errors import Code, InvalidInput, PayloadTooLarge, RuntimeServingError, quoted
 from runtime.repository.model_config import config_to_json
 from runtime.tensors import array_from_json, array_from_raw, raw_from_array
-from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
+from runtime.types import DATATYPE_TO_NUMPY, Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +264,8 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
         name = _expect(raw.get("name"), str, f"inputs[{position}].name")
         tensor = f"input {quoted(name)}"
         datatype = _expect(raw.get("datatype"), str, f"{tensor}: 'datatype'")
+        if datatype not in DATATYPE_TO_NUMPY:
+            raise InvalidInput(f"{tensor}: unknown datatype {quoted(datatype)} (one of {', '.join(DATATYPE_TO_NUMPY)})")
         shape = _expect(raw.get("shape"), list, f"{tensor}: 'shape'")
         for dim in shape:
             _expect(dim, int, f"{tensor}: every 'shape' entry")
