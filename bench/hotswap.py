@@ -1,5 +1,5 @@
-"""Hot-swap figures for bench/RESULTS.md: p99 latency during swaps vs steady state, and RSS after
-20 load/unload cycles.
+"""Hot-swap figures for bench/RESULTS.md: p99 latency during swaps vs steady state, RSS after
+20 load/unload cycles, and RSS and thread count after 30 same-version swaps.
 
     python bench/hotswap.py [--seconds 8] [--cycles 20]
 
@@ -34,6 +34,13 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def thread_count(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise RuntimeError("no Threads")
+
+
 def drive(url: str, stop: threading.Event, latencies: list[tuple[float, float]], errors: list[str]) -> None:
     client = grpcclient.InferenceServerClient(url)
     tensor = grpcclient.InferInput("INPUT", [1, 16], "FP32")
@@ -58,6 +65,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20, help="load/unload cycles for the RSS figure")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--swap-every", type=float, default=0.5, help="seconds between swaps")
+    parser.add_argument("--swaps", type=int, default=30, help="same-version swaps (config change) for the threads/RSS figure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
@@ -97,6 +105,15 @@ def main() -> None:
                 admin.unload_model("mlp")
                 admin.load_model("mlp", config=json.dumps({"max_batch_size": 32, "version_policy": {"specific": {"versions": [1]}}}))
             after = rss_bytes(server.process.pid)
+            # Swaps, not unloads: each load changes a harmless field, so version 1 is loaded anew
+            # beside the serving one and the old one retired.
+            swap_rss_before, swap_threads_before = rss_bytes(server.process.pid), thread_count(server.process.pid)
+            for swap in range(args.swaps):
+                admin.load_model("mlp", config=json.dumps({
+                    "max_batch_size": 32, "dynamic_batching": {"max_queue_delay_microseconds": 100 + swap % 2},
+                    "version_policy": {"specific": {"versions": [1]}},
+                }))
+            swap_rss_after, swap_threads_after = rss_bytes(server.process.pid), thread_count(server.process.pid)
     print("| phase | requests | p50 (ms) | p99 (ms) |")
     print("|---|---|---|---|")
     print(f"| steady state | {len(steady)} | {np.median(steady) * 1e3:.2f} | {p99(steady) * 1e3:.2f} |")
@@ -104,6 +121,9 @@ def main() -> None:
     print(f"\nfailed requests: {len(errors)}")
     print(f"RSS before {args.cycles} unload/load cycles: {before / 2**20:.1f} MiB; after: {after / 2**20:.1f} MiB "
           f"(delta {(after - before) / 2**20:+.1f} MiB)")
+    print(f"RSS before {args.swaps} swaps: {swap_rss_before / 2**20:.1f} MiB; after: {swap_rss_after / 2**20:.1f} MiB "
+          f"(delta {(swap_rss_after - swap_rss_before) / 2**20:+.1f} MiB); "
+          f"threads {swap_threads_before} -> {swap_threads_after}")
 
 
 if __name__ == "__main__":
