@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import TypeVar
 
 from runtime.config import Settings
 from runtime.errors import (
@@ -23,15 +23,18 @@ from runtime.errors import (
     ModelNotFound,
     RuntimeServingError,
     Unavailable,
+    quoted,
 )
 from runtime.model import ModelState, ServedModel
 from runtime.observer import NullObserver, Observer
 from runtime.repository import loader
 from runtime.repository import model_config as mcfg
-from runtime.repository.store import ModelDir, RepositoryStore, check_model_name
+from runtime.repository.store import ModelDir, RepositoryStore, StagedUpload, check_model_name, stage_upload
 from runtime.server._pb import model_config_pb2 as mc
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class MemoryBudgetExceeded(RuntimeServingError):
@@ -66,6 +69,9 @@ class ModelEntry:
     serving: dict[int, VersionRecord] = field(default_factory=dict)  # READY versions, routable
     failed: dict[int, VersionRecord] = field(default_factory=dict)  # last failure per version
     unloaded: dict[int, VersionRecord] = field(default_factory=dict)
+    # Stopped serving, not yet drained and freed. Not `unloaded`: a reload of the same version
+    # replaces its record there, and the replaced one must still be closed.
+    retiring: list[VersionRecord] = field(default_factory=list)
     weights: dict[int, float] = field(default_factory=dict)  # traffic split for requests naming no version
     labels: dict[str, int] = field(default_factory=dict)  # e.g. stable -> 1, canary -> 2
     history: list[Snapshot] = field(default_factory=list)
@@ -147,22 +153,37 @@ class ModelRegistry:
         check_model_name(name)
         entry = self._entry(name)
         async with entry.lock:
-            if files:
-                await asyncio.to_thread(write_model_files, self._store.root, name, files)
-            model_dir = self._store.model(name)
-            if model_dir is None:
-                if not entry.serving:
-                    self._entries.pop(name, None)
-                raise ModelNotFound(f"no model named {name!r} in the repository {self._store.root}")
+            # Uploaded files are loaded from a staging directory and enter the repository (as new
+            # version directories) only once every selected version loaded and warmed up.
+            upload = await _stage(self._store.root, name, files) if files else None
             try:
-                declared = override if override is not None else mcfg.read_config_file(model_dir.path)
-                versions = loader.select_versions(model_dir, declared, allowed_versions)
-            except ModelLoadError as exc:
-                entry.error = exc.message
-                raise
-            entry.error = ""
-            new_records = await self._load_versions(entry, model_dir, declared, versions)
-            self._swap(entry, new_records, override)
+                model_dir = upload.model_dir if upload is not None else self._store.model(name)
+                if model_dir is None:
+                    if not entry.serving:
+                        self._entries.pop(name, None)
+                    raise ModelNotFound(f"no model named {name!r} in the repository {self._store.root}")
+                try:
+                    declared = override if override is not None else mcfg.read_config_file(model_dir.path)
+                    versions = loader.select_versions(model_dir, declared, allowed_versions)
+                except ModelLoadError as exc:
+                    entry.error = exc.message
+                    raise
+                if upload is not None:
+                    upload.check_selected(versions)
+                entry.error = ""
+                new_records = await self._load_versions(entry, model_dir, declared, versions)
+                if upload is not None:
+                    try:
+                        upload.commit()  # renames only: quick, and on the loop so no cancellation splits it
+                    except BaseException:
+                        for version, record in new_records.items():
+                            if entry.serving.get(version) is not record and record.served is not None:
+                                await record.served.close()  # never served: nothing to drain
+                        raise
+                self._swap(entry, new_records, override)
+            finally:
+                if upload is not None:
+                    await _finish_in_thread(upload.discard)
         await self._retire(entry, new_records)
         return sorted(new_records)
 
@@ -245,20 +266,28 @@ class ModelRegistry:
             if entry.serving.get(version) is not record:
                 record.state = ModelState.UNLOADING
                 entry.unloaded[version] = record
+                entry.retiring.append(record)
         for version in entry.serving:
             entry.unloaded.pop(version, None)
 
     async def _retire(self, entry: ModelEntry, keep: dict[int, VersionRecord]) -> None:
-        """Drain and free the versions that stopped serving in a swap or unload."""
+        """Drain and free the versions that stopped serving in a swap or unload.
+
+        Each retired version is closed exactly once (its threads joined, its sessions released) and
+        then dropped, so reference counting frees it here, not a later garbage collection.
+        """
         kept = {id(r) for r in keep.values()}
-        retiring = [r for r in entry.unloaded.values() if r.served is not None and id(r) not in kept]
+        retiring = [r for r in entry.retiring if id(r) not in kept]
+        entry.retiring = [r for r in entry.retiring if id(r) in kept]  # taken: a concurrent call skips them
         for record in retiring:
-            served = record.served
-            assert served is not None
-            await served.close()
-            record.served = None
-            record.state = ModelState.UNAVAILABLE
-            record.reason = "unloaded"
+            if record.served is None:
+                continue
+            try:
+                await record.served.close()
+            finally:
+                record.served = None
+                record.state = ModelState.UNAVAILABLE
+                record.reason = "unloaded"
 
     async def unload(self, name: str) -> None:
         check_model_name(name)
@@ -270,6 +299,7 @@ class ModelRegistry:
             for version, record in entry.serving.items():
                 record.state = ModelState.UNLOADING
                 entry.unloaded[version] = record
+                entry.retiring.append(record)
             entry.serving = {}
             entry.refresh_default()
         await self._retire(entry, {})
@@ -402,58 +432,49 @@ class ModelRegistry:
             for version, record in entry.serving.items():
                 record.state = ModelState.UNLOADING
                 entry.unloaded[version] = record
+                entry.retiring.append(record)
             entry.serving = {}
             entry.refresh_default()
         await asyncio.gather(*(self._retire(entry, {}) for entry in self._entries.values()))
 
 
-def write_model_files(root: Path, name: str, files: dict[str, bytes]) -> None:
-    """Write `<version>/<file>` contents into REPO/<name>/ atomically; nothing may land outside it.
-
-    Each new version directory is assembled beside the model and renamed into place, so a
-    reader (or the poller) never sees a half-written version.
-    """
-    check_model_name(name)
-    model_root = root / name
-    by_version: dict[str, dict[PurePosixPath, bytes]] = {}
-    for raw_path, content in files.items():
-        relative = PurePosixPath(raw_path)
-        if relative.is_absolute() or not relative.parts or any(p in ("..", ".", "") for p in relative.parts):
-            raise InvalidInput(f"file path {raw_path!r} must be relative and stay inside the model directory")
-        if len(relative.parts) < 2 or not relative.parts[0].isdigit() or relative.parts[0].startswith("0"):
-            raise InvalidInput(f"file path {raw_path!r} must start with a version directory, e.g. '3/model.onnx'")
-        by_version.setdefault(relative.parts[0], {})[PurePosixPath(*relative.parts[1:])] = content
-    model_root.mkdir(parents=True, exist_ok=True)
-    for version, contents in by_version.items():
-        target = model_root / version
-        staging = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=model_root))
-        for relative, content in contents.items():
-            path = staging / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-        if target.exists():
-            # Replace file by file: each rename is atomic; a directory cannot be renamed over a full one.
-            for relative in contents:
-                destination = target / relative
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / relative, destination)
-            _remove_tree(staging)
-        else:
-            os.replace(staging, target)
+async def _finish_in_thread(work: Callable[[], T]) -> T:
+    """Run blocking disk work in a thread and, if the caller is cancelled, still wait for it to end,
+    so that the cleanup after it never runs beside it."""
+    future = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        raise
 
 
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.rmdir() if child.is_dir() else child.unlink()
-    path.rmdir()
+async def _stage(root: Path, name: str, files: dict[str, bytes]) -> StagedUpload:
+    future = asyncio.ensure_future(asyncio.to_thread(stage_upload, root, name, files))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        if not future.cancelled() and future.exception() is None:
+            future.result().discard()  # staged for a caller that is gone
+        raise
 
 
-def decode_file_parameter(key: str, value: str | bytes) -> tuple[str, bytes]:
-    """Triton's `file:<path>` load parameter: base64 text over HTTP, bytes over gRPC."""
+def decode_file_parameter(model: str, key: str, value: object, binary: bool) -> tuple[str, bytes]:
+    """Triton's `file:<path>` load parameter: base64 text over HTTP (`binary` False), bytes over gRPC."""
     path = key[len("file:"):]
-    if isinstance(value, bytes):
+    where = f"model {model!r}: load parameter {quoted(key)}"
+    if binary:
+        if not isinstance(value, bytes):
+            raise InvalidInput(f"{where} must carry the file's contents as bytes_param, got {_kind(value)}")
         return path, value
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where} must be a string of base64-encoded file contents, got {_kind(value)}")
     try:
         return path, base64.b64decode(value, validate=True)
     except ValueError:
-        raise InvalidInput(f"parameter {key!r} must be base64-encoded file contents") from None
+        raise InvalidInput(f"{where} must be base64-encoded file contents") from None
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__

@@ -8,7 +8,8 @@ Every call checks the bearer token first when one is configured.
 from __future__ import annotations
 
 import hmac
-import json
+import math
+import re
 from typing import Any
 
 import grpc
@@ -19,9 +20,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from runtime.config import Settings
-from runtime.errors import Code, InvalidInput, RuntimeServingError
+from runtime.errors import Code, InvalidInput, RuntimeServingError, quoted
 from runtime.repository.model_config import config_from_json
 from runtime.repository.registry import ModelRegistry, decode_file_parameter
+from runtime.repository.store import MAX_VERSION, VERSION, check_model_name
 from runtime.server import grpc as grpc_server
 from runtime.server._pb import grpc_service_pb2 as pb
 from runtime.server.http import answers_errors, json_response, read_body
@@ -33,6 +35,25 @@ class Unauthenticated(RuntimeServingError):
 
 class NotAllowed(RuntimeServingError):
     code = Code.FAILED_PRECONDITION
+
+
+# Traffic weights are relative; the bound keeps their sums finite and the split exact.
+MAX_TRAFFIC_WEIGHT = 1e9
+LABEL = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def parse_json_text(text: object, where: str) -> Any:
+    """A JSON document carried in a string parameter; orjson bounds nesting and refuses NaN and Infinity."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{where} must be a string holding JSON, got {_kind(text)}")
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{where} is not JSON: {exc}") from None
 
 
 class Admin:
@@ -93,25 +114,29 @@ class Admin:
                     rows.append({"name": name, "state": "UNAVAILABLE", "reason": "not loaded"})
         return rows
 
-    async def load(self, name: str, parameters: dict[str, Any]) -> list[int]:
+    async def load(self, name: str, parameters: dict[str, Any], binary_files: bool = False) -> list[int]:
+        """Triton's load: `config` (JSON text) and `file:<version>/<path>` (base64 text, or bytes when `binary_files`)."""
         self._allow_changes()
+        check_model_name(name)
         override = None
         files: dict[str, bytes] = {}
         for key, value in parameters.items():
             if key == "config":
-                if not isinstance(value, str):
-                    raise InvalidInput("parameter 'config' must be a string of JSON model configuration")
+                where = f"model {name!r}: load parameter 'config'"
+                doc = parse_json_text(value, where)
+                if not isinstance(doc, dict):
+                    raise InvalidInput(f"{where} must be a JSON object (a model configuration), got {_kind(doc)}")
                 try:
-                    override = config_from_json(json.loads(value), f"model {name!r}: parameters.config")
-                except json.JSONDecodeError as exc:
-                    raise InvalidInput(f"model {name!r}: parameters.config is not JSON: {exc}") from None
+                    override = config_from_json(doc, where)
+                except (TypeError, ValueError, RecursionError) as exc:  # ParseDict's own, beside ParseError
+                    raise InvalidInput(f"{where} is not a model configuration: {quoted(str(exc))}") from None
             elif key.startswith("file:"):
-                path, content = decode_file_parameter(key, value)
+                path, content = decode_file_parameter(name, key, value, binary_files)
                 files[path] = content
             else:
-                raise InvalidInput(f"unknown load parameter {key!r} (config, file:<version>/<path>)")
+                raise InvalidInput(f"model {name!r}: unknown load parameter {quoted(key)} (config, file:<version>/<path>)")
         if files and override is None:
-            raise InvalidInput("file: parameters need a 'config' parameter too (as Triton's API requires)")
+            raise InvalidInput(f"model {name!r}: file: parameters need a 'config' parameter too (as Triton's API requires)")
         return await self.registry.load(name, override, files or None)
 
     async def unload(self, name: str) -> None:
@@ -124,21 +149,36 @@ class Admin:
 
     def traffic(self, name: str, weights: Any) -> None:
         self._allow_changes()
+        check_model_name(name)
         if not isinstance(weights, dict):
-            raise InvalidInput('traffic needs {"weights": {"<version>": <weight>, ...}}')
+            raise InvalidInput(f'model {name!r}: traffic needs {{"weights": {{"<version>": <weight>, ...}}}}, got {_kind(weights)}')
         parsed: dict[int, float] = {}
         for version, weight in weights.items():
-            if not str(version).isdigit() or not isinstance(weight, (int, float)) or isinstance(weight, bool):
-                raise InvalidInput(f"traffic weight {version!r}: {weight!r} must map a version number to a number")
+            where = f"model {name!r}: traffic weight for version {quoted(version)}"
+            if not isinstance(version, str) or not VERSION.match(version) or int(version) > MAX_VERSION:
+                raise InvalidInput(f"{where}: the key must be a version number (1 to {MAX_VERSION})")
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+                raise InvalidInput(f"{where} must be a number, got {_kind(weight)}")
+            finite = isinstance(weight, int) or math.isfinite(weight)  # ints compare exactly, however large
+            if not finite or not 0 <= weight <= MAX_TRAFFIC_WEIGHT:
+                raise InvalidInput(f"{where} must be between 0 and {MAX_TRAFFIC_WEIGHT:g}, got {quoted(weight)}")
             parsed[int(version)] = float(weight)
         self.registry.set_traffic(name, parsed)
 
     def labels(self, name: str, labels: Any) -> None:
         self._allow_changes()
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in labels.items()
-        ):
-            raise InvalidInput('labels needs {"labels": {"<label>": <version number>, ...}}')
+        check_model_name(name)
+        if not isinstance(labels, dict):
+            raise InvalidInput(f'model {name!r}: labels needs {{"labels": {{"<label>": <version number>, ...}}}}, got {_kind(labels)}')
+        for label, version in labels.items():
+            if not isinstance(label, str) or not LABEL.match(label) or label.isdigit():
+                raise InvalidInput(
+                    f"model {name!r}: label {quoted(label)} must be 1-64 letters, digits, '_', '-', '.', not all digits"
+                )
+            if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MAX_VERSION:
+                raise InvalidInput(
+                    f"model {name!r}: label {label!r} must name a version number (1 to {MAX_VERSION}), got {quoted(version)}"
+                )
         self.registry.set_labels(name, labels)
 
 
@@ -168,14 +208,19 @@ def http_routes(admin: Admin, settings: Settings) -> list[Route]:
     @answers_errors
     async def index(request: Request) -> Response:
         doc = await authorized_body(request)
-        return json_response(admin.index(bool(doc.get("ready", False))))
+        ready = doc.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput(f"repository index: 'ready' must be true or false, got {_kind(ready)}")
+        return json_response(admin.index(ready))
 
     @answers_errors
     async def load(request: Request) -> Response:
         doc = await authorized_body(request)
         parameters = doc.get("parameters", {})
         if not isinstance(parameters, dict):
-            raise InvalidInput("'parameters' must be a JSON object")
+            raise InvalidInput(
+                f"model {quoted(request.path_params['model'])}: load 'parameters' must be a JSON object, got {_kind(parameters)}"
+            )
         await admin.load(request.path_params["model"], parameters)
         return Response(status_code=200)
 
@@ -258,26 +303,23 @@ class RepositoryService:
         self.admin.authenticate(_credential(context))
         request = grpc_server.parse(pb.RepositoryModelLoadRequest, raw)
         parameters = {key: _parameter(value) for key, value in request.parameters.items()}
-        action = parameters.pop("action", None)
         name = request.model_name
-        if action is None:
-            await self.admin.load(name, parameters)
-        elif action == "rollback":
+        if "action" not in parameters:
+            await self.admin.load(name, parameters, binary_files=True)
+            return pb.RepositoryModelLoadResponse()
+        action = parameters.pop("action")
+        if action == "rollback":
             await self.admin.rollback(name)
         elif action in ("traffic", "labels"):
-            raw_json = parameters.get(action)
-            if not isinstance(raw_json, str):
-                raise InvalidInput(f"action {action!r} needs a string parameter {action!r} holding JSON")
-            try:
-                value = json.loads(raw_json)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"parameter {action!r} is not JSON: {exc}") from None
+            value = parse_json_text(parameters.get(action), f"model {quoted(name)}: action {action!r}: parameter {action!r}")
             if action == "traffic":
                 self.admin.traffic(name, value)
             else:
                 self.admin.labels(name, value)
         else:
-            raise InvalidInput(f"unknown action {action!r} (rollback, traffic, labels)")
+            raise InvalidInput(
+                f"model {quoted(name)}: unknown action {quoted(action)} ({_kind(action)}); use rollback, traffic or labels"
+            )
         return pb.RepositoryModelLoadResponse()
 
     @grpc_server.answers_errors
