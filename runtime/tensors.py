@@ -22,7 +22,7 @@ def numpy_dtype(datatype: str, tensor: str) -> np.dtype[Any]:
         return DATATYPE_TO_NUMPY[datatype]
     except KeyError:
         known = ", ".join(DATATYPE_TO_NUMPY)
-        raise InvalidInput(f"input {tensor!r}: unknown datatype {datatype!r} (one of {known})") from None
+        raise InvalidInput(f"input {quoted(tensor)}: unknown datatype {quoted(datatype)} (one of {known})") from None
 
 
 # No tensor gets near this many elements (a request is bytes-limited long before), and numpy cannot
@@ -38,10 +38,10 @@ def check_shape(shape: Sequence[int], tensor: str) -> tuple[int, ...]:
     if len(shape) > MAX_DIMS:
         raise InvalidInput(f"input {quoted(tensor)}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input {tensor!r}: shape {list(shape)} has a negative dimension")
+        raise InvalidInput(f"input {quoted(tensor)}: shape {quoted(list(shape))} has a negative dimension")
     dims = tuple(int(dim) for dim in shape)
     if element_count([dim for dim in dims if dim]) > _MAX_ELEMENTS:
-        raise InvalidInput(f"input {tensor!r}: shape {list(dims)} is too large")
+        raise InvalidInput(f"input {quoted(tensor)}: shape {quoted(list(dims))} is too large")
     return dims
 
 
@@ -55,11 +55,11 @@ def array_from_raw(raw: bytes | memoryview, datatype: str, shape: Sequence[int],
             decoded: Array = codec.decode_bytes(raw, count)
             return decoded.reshape(dims)
         except codec.CodecError as exc:
-            raise InvalidInput(f"input {tensor!r}: BYTES data is malformed: {exc}") from None
+            raise InvalidInput(f"input {quoted(tensor)}: BYTES data is malformed: {exc}") from None
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInput(
-            f"input {tensor!r}: {len(raw)} bytes of data, but shape {list(dims)} of {datatype} needs {expected}"
+            f"input {quoted(tensor)}: {len(raw)} bytes of data, but shape {list(dims)} of {datatype} needs {expected}"
         )
     return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
@@ -71,7 +71,7 @@ def array_from_json(data: object, datatype: str, shape: Sequence[int], tensor: s
         converted: Array = codec.json_to_array(data, dtype, element_count(dims))
         return converted.reshape(dims)
     except codec.CodecError as exc:
-        raise InvalidInput(f"input {tensor!r}: {exc}") from None
+        raise InvalidInput(f"input {quoted(tensor)}: {exc}") from None
 
 
 def raw_from_array(array: Array) -> bytes:
