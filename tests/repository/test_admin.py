@@ -91,7 +91,7 @@ def test_files_write_a_new_version_and_swap_to_it(explicit_server: RunningServer
     )
     assert infer_http(client, "scale") == ("3", 3.0)
     assert (tmp_path / "repo" / "scale" / "3" / "model.onnx").read_bytes() == scale_bytes(3.0)
-    assert not list((tmp_path / "repo" / "scale").glob(".incoming-*"))
+    assert not list((tmp_path / "repo" / "scale").glob(".*")) and not list((tmp_path / "repo").glob(".*"))
 
 
 def test_failed_load_leaves_serving_version_untouched(explicit_server: RunningServer, tmp_path: Path) -> None:
