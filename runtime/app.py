@@ -4,10 +4,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from runtime import __version__, codec
 from runtime.config import Settings
@@ -16,6 +19,11 @@ from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
 
 log = logging.getLogger("runtime")
+
+# The process is gone at most this long after --exit-timeout-secs, whatever is still running: a
+# batch inside onnxruntime cannot be interrupted, and its thread (or a session's teardown) would
+# otherwise hold the exit until it ends.
+EXIT_SLACK_S = 1.0
 
 
 class JsonFormatter(logging.Formatter):
@@ -147,28 +155,53 @@ async def serve(settings: Settings) -> int:
 
     log.info("shutting down: no new requests; draining for up to %.0fs", settings.exit_timeout_secs)
     started = time.monotonic()
+    # One deadline for every step; the watchdog ends the process if a step overruns it anyway.
+    deadline = started + settings.exit_timeout_secs
+    _start_watchdog(deadline + EXIT_SLACK_S)
     engine.stop_accepting()
     if poller is not None:
         poller.cancel()
     if grpc_server is not None:
         await grpc_server.set_not_serving()
-    # Each server stops accepting at once, then waits (up to the grace period) for what it accepted.
-    stopping = [server.stop() for server in (http, admin_server) if server is not None]
-    if grpc_server is not None:
-        stopping.append(grpc_server.stop(settings.exit_timeout_secs))
+    # Each server stops accepting at once, then waits (up to the deadline) for what it accepted.
+    stopping = [server.stop(deadline) for server in (http, admin_server, grpc_server) if server is not None]
     drained = all(await asyncio.gather(*stopping))
-    try:
-        remaining = max(0.1, settings.exit_timeout_secs - (time.monotonic() - started))
-        await asyncio.wait_for(registry.close(), remaining)
-    except TimeoutError:
-        drained = False
+    closing = asyncio.get_running_loop().create_task(registry.close(), name="registry-close")
+    # Not wait_for: cancelling close() part-way would join instance threads on the loop, blocking
+    # it until a running batch ends.
+    closed, _ = await asyncio.wait({closing}, timeout=max(0.1, deadline - time.monotonic()))
     if metrics_server is not None:
-        await metrics_server.stop()
-    if not drained:
+        await metrics_server.stop(max(deadline, time.monotonic() + 0.2))
+    status = 0 if closed and drained else 1
+    if status:
         log.error("grace period (%.0fs) over with requests unfinished; they were cancelled", settings.exit_timeout_secs)
-        return 1
-    log.info("stopped cleanly in %.2fs", time.monotonic() - started)
-    return 0
+    else:
+        log.info("stopped cleanly in %.2fs", time.monotonic() - started)
+    # Ended here, not by returning through asyncio.run: its teardown would destroy the gRPC server,
+    # whose core stop resets calls still arriving (their clients see CANCELLED instead of retrying on
+    # UNAVAILABLE), and the interpreter would wait for a batch still running on an instance thread.
+    # The OS closes the connections; every call in flight sees UNAVAILABLE.
+    await asyncio.sleep(0.05)  # the requests uvicorn just cancelled write their 503s
+    _exit_now(status)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """End the process at once (logs flushed): for when something still running cannot be stopped."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _start_watchdog(at: float) -> None:
+    """A daemon thread that ends the process at time.monotonic() `at`, if it is still alive then."""
+
+    def watch() -> None:
+        time.sleep(max(0.0, at - time.monotonic()))
+        log.error("shutdown overran --exit-timeout-secs; exiting now")
+        _exit_now(1)
+
+    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
 
 
 def write_ports_file(path: Path, ports: dict[str, int | None]) -> None:

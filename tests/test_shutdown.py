@@ -8,6 +8,7 @@ exits 1.
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
 import time
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import aiohttp
 import grpc
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from serving import RunningServer, start_server
 
 from runtime.examples import build_mlp, build_wide_mlp, save_model
@@ -186,3 +189,206 @@ dynamic_batching { max_queue_delay_microseconds: 6000000 }
         assert "Exception in ASGI application" not in server.log()
     finally:
         server.stop()
+
+
+# ---- exit within --exit-timeout-secs, whatever the clients do --------------------------------
+
+# Exit must come within the grace period plus this: signal delivery, the last statuses, the exit.
+SLACK_S = 2.0
+
+
+def build_slow(layers: int, width: int = 1024) -> onnx.ModelProto:
+    """OUTPUT = INPUT @ I @ I ... (`layers` MatMuls): a 1024-row request keeps one core busy for
+    about layers / 120 seconds inside onnxruntime, where no cancellation reaches it."""
+    weights = numpy_helper.from_array(np.eye(width, dtype=np.float32), "W")
+    nodes, previous = [], "INPUT"
+    for index in range(layers):
+        output = "OUTPUT" if index == layers - 1 else f"h{index}"
+        nodes.append(helper.make_node("MatMul", [previous, "W"], [output]))
+        previous = output
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, ["batch", width])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture(scope="module")
+def hostile_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("hostile")
+    save_model(build_mlp(), repo, "quick", config_pbtxt='name: "quick"\nmax_batch_size: 32\n')
+    save_model(build_slow(1800), repo, "slow", config_pbtxt='name: "slow"\nmax_batch_size: 1024\n')
+    return repo
+
+
+def start_hostile(repository: Path, work_dir: Path, grace_s: float) -> RunningServer:
+    return start_server(
+        repository,
+        work_dir,
+        ["--exit-timeout-secs", str(grace_s), "--allow-metrics", "false", "--max-request-bytes", str(64 << 20)],
+    )
+
+
+async def wait_for_log(server: RunningServer, fragment: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while fragment not in server.log():
+        assert time.monotonic() < deadline, f"{fragment!r} never logged:\n{server.log()[-3000:]}"
+        await asyncio.sleep(0.02)
+
+
+async def open_idle_http(port: int) -> asyncio.StreamWriter:
+    """A keep-alive connection that was answered once and then sends nothing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    return writer
+
+
+async def open_half_request(port: int, body: bool) -> asyncio.StreamWriter:
+    """A client that stops sending part-way through its request (headers, or body)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    if body:
+        writer.write(b"POST /v2/models/quick/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"inputs\": [")
+    else:
+        writer.write(b"POST /v2/models/quick/infer HTTP/1.1\r\nHost: x\r\nContent-")
+    await writer.drain()
+    return writer
+
+
+async def test_idle_and_stalled_clients_do_not_delay_the_exit(hostile_repository: Path, tmp_path: Path) -> None:
+    """Idle keep-alive HTTP, an idle gRPC stream and channel, half-sent requests: the process exits
+    at once (nothing was accepted that is unfinished) or at worst within the grace period."""
+    server = start_hostile(hostile_repository, tmp_path, grace_s=3)
+    writers = []
+    try:
+        writers.append(await open_idle_http(server.http_port))
+        writers.append(await open_half_request(server.http_port, body=False))
+        writers.append(await open_half_request(server.http_port, body=True))
+        async with grpc.aio.insecure_channel(server.grpc_url) as idle_channel, grpc.aio.insecure_channel(
+            server.grpc_url
+        ) as stream_channel:
+            await idle_channel.channel_ready()
+            call = stream_channel.stream_stream(
+                "/inference.GRPCInferenceService/ModelStreamInfer",
+                request_serializer=lambda raw: raw,
+                response_deserializer=pb.ModelStreamInferResponse.FromString,
+            )()
+            request = pb.ModelInferRequest(model_name="quick")
+            request.inputs.add(name="INPUT", datatype="FP32", shape=[1, 16])
+            request.raw_input_contents.append(np.ones((1, 16), dtype=np.float32).tobytes())
+            await call.write(request.SerializeToString())
+            assert not (await call.read()).error_message
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            status = await wait_for_exit(server, timeout_s=15)
+            took = time.monotonic() - signalled
+        assert took < 3 + SLACK_S, f"exit took {took:.1f}s with a 3 s grace period:\n{server.log()[-2000:]}"
+        assert status in (0, 1)
+    finally:
+        for writer in writers:
+            writer.close()
+        server.stop()
+
+
+async def test_slow_model_in_flight_exits_within_the_grace_period(hostile_repository: Path, tmp_path: Path) -> None:
+    """A batch that runs inside onnxruntime for ~15 s cannot be interrupted: at the end of a 2 s
+    grace period its HTTP and gRPC callers are answered (503 / UNAVAILABLE) and the process exits,
+    exit status 1, instead of living until the batch ends."""
+    server = start_hostile(hostile_repository, tmp_path, grace_s=2)
+    url = f"http://{server.http_url}"
+    x = np.ones((1024, 1024), dtype=np.float32)
+    try:
+        payload, headers = body("INPUT", 1024, 1024)
+
+        async def post_large() -> int:
+            # A stream, not bytes: aiohttp warns (an error here) about sending 4 MB of bytes at once.
+            async with aiohttp.ClientSession() as session:
+                async with session.post(f"{url}/v2/models/slow/infer", data=io.BytesIO(payload), headers=headers) as reply:
+                    await reply.read()
+                    return reply.status
+
+        http_call = asyncio.ensure_future(post_large())
+        request = pb.ModelInferRequest(model_name="slow")
+        request.inputs.add(name="INPUT", datatype="FP32", shape=[1024, 1024])
+        request.raw_input_contents.append(x.tobytes())
+        async with grpc.aio.insecure_channel(server.grpc_url) as channel:
+            grpc_call = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=pb.ModelInferResponse.FromString,
+            )(request, timeout=60)
+            await asyncio.sleep(1.0)  # both requests are in: one runs, one is queued behind it
+            assert not http_call.done()
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await grpc_call
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+            assert await asyncio.wait_for(http_call, timeout=15) == 503
+            status = await wait_for_exit(server, timeout_s=20)
+            took = time.monotonic() - signalled
+        assert took < 2 + SLACK_S, f"exit took {took:.1f}s with a 2 s grace period:\n{server.log()[-2000:]}"
+        assert status == 1
+        assert "grace period (2s) over" in server.log()
+    finally:
+        server.stop()
+
+
+async def _client_loop(
+    target: str, model: str, until: asyncio.Event, codes: list[grpc.StatusCode], shape: tuple[int, int] = (1, 16)
+) -> None:
+    """Unary calls one after another on one channel until `until` is set (bounded by the test)."""
+    x = np.ones(shape, dtype=np.float32)
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="INPUT", datatype="FP32", shape=list(shape))
+    request.raw_input_contents.append(x.tobytes())
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        while not until.is_set():
+            try:
+                await call(request, timeout=30)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code())
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    await asyncio.sleep(0.005)  # as a retrying client would, briefly
+
+
+async def test_grpc_calls_during_the_drain_are_answered_or_unavailable(hostile_repository: Path, tmp_path: Path) -> None:
+    """Calls keep coming while the server drains: each gets a real answer or UNAVAILABLE (which
+    clients retry), never CANCELLED; calls still held when the grace is over get UNAVAILABLE too.
+    Repeated, because the bad outcomes are races around the moment the server stops."""
+    for attempt in range(3):
+        server = start_hostile(hostile_repository, tmp_path / str(attempt), grace_s=1.5)
+        try:
+            until = asyncio.Event()
+            codes: list[grpc.StatusCode] = []
+            held_codes: list[grpc.StatusCode] = []
+            loops = [asyncio.ensure_future(_client_loop(server.grpc_url, "quick", until, codes)) for _ in range(6)]
+            # Accepted, running inside onnxruntime when the grace period ends.
+            held = [asyncio.ensure_future(_client_loop(server.grpc_url, "slow", until, held_codes, (1024, 1024)))]
+            while len(codes) < 50:  # traffic is flowing before the signal
+                await asyncio.sleep(0.01)
+            server.process.send_signal(signal.SIGTERM)
+            status = await wait_for_exit(server, timeout_s=15)
+            until.set()
+            await asyncio.wait_for(asyncio.gather(*loops, *held), timeout=40)
+            assert status == 1  # the held calls did not finish
+            seen = set(codes) | set(held_codes)
+            assert seen <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, (
+                f"attempt {attempt}: {[code for code in codes + held_codes if code not in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)]}"
+            )
+            assert grpc.StatusCode.UNAVAILABLE in codes
+            assert held_codes and set(held_codes) == {grpc.StatusCode.UNAVAILABLE}, held_codes
+        finally:
+            server.stop()

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runtime.config import Settings
 from runtime.engine import Engine
-from runtime.errors import Code, InvalidInput, RuntimeServingError
+from runtime.errors import Code, InvalidInput, RuntimeServingError, quoted
 from runtime.server._pb import grpc_service_pb2 as pb
 from runtime.tensors import array_from_raw, check_shape, element_count, numpy_dtype, raw_from_array
 from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
@@ -55,6 +55,14 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+ALL_CONTENTS_FIELDS = tuple(sorted(set(CONTENTS_FIELD.values())))
+
+# Parameters that ask for Triton's shared-memory extension, which this server does not offer yet:
+# refused, never silently answered inline.
+SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+# Requests one ModelStreamInfer stream may have running or answered-but-unwritten at once.
+STREAM_MAX_PENDING = 64
 
 Unary = Callable[[Any, bytes, grpc.aio.ServicerContext], Awaitable[Message]]
 
@@ -93,6 +101,15 @@ def _param_value(param: pb.InferParameter) -> Any:
     return getattr(param, choice) if choice else None
 
 
+def _refuse_shared_memory(kind: str, name: str, parameters: Any) -> None:
+    for key in SHARED_MEMORY_PARAMETERS:
+        if key in parameters:
+            raise InvalidInput(
+                f"{kind} {quoted(name)}: parameter {key!r} asks for shared memory, which is not supported yet; "
+                "send the data in the request (raw_input_contents or contents) and read outputs from the response"
+            )
+
+
 def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
     raw_contents = request.raw_input_contents
     if raw_contents and len(raw_contents) != len(request.inputs):
@@ -104,22 +121,27 @@ def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) 
     for index, tensor in enumerate(request.inputs):
         name = tensor.name
         if name in inputs:
-            raise InvalidInput(f"input {name!r} appears twice")
+            raise InvalidInput(f"input {quoted(name)} appears twice")
+        _refuse_shared_memory("input", name, tensor.parameters)
         if raw_contents:
             if tensor.HasField("contents"):
-                raise InvalidInput(f"input {name!r} has both contents and raw_input_contents")
+                raise InvalidInput(f"input {quoted(name)} has both contents and raw_input_contents; send one of them")
             inputs[name] = array_from_raw(raw_contents[index], tensor.datatype, tensor.shape, name)
         else:
             inputs[name] = _array_from_contents(tensor, name)
-    requested = [
-        RequestedOutput(
-            output.name,
-            classification=_classification(output.parameters["classification"], output.name)
+    requested: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for output in request.outputs:
+        if output.name in seen:
+            raise InvalidInput(f"output {quoted(output.name)} is requested twice")
+        seen.add(output.name)
+        _refuse_shared_memory("output", output.name, output.parameters)
+        classification = (
+            _classification(output.parameters["classification"], output.name)
             if "classification" in output.parameters
-            else 0,
+            else 0
         )
-        for output in request.outputs
-    ]
+        requested.append(RequestedOutput(output.name, classification=classification))
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
@@ -137,7 +159,9 @@ def _classification(param: pb.InferParameter, output: str) -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"output {output!r}: parameter 'classification' must be a non-negative integer, got {value!r}")
+        raise InvalidInput(
+            f"output {quoted(output)}: parameter 'classification' must be a non-negative integer, got {quoted(value)}"
+        )
     return value
 
 
@@ -146,12 +170,25 @@ def _array_from_contents(tensor: pb.ModelInferRequest.InferInputTensor, name: st
     dtype = numpy_dtype(tensor.datatype, name)
     field = CONTENTS_FIELD.get(tensor.datatype)
     if field is None:
-        raise InvalidInput(f"input {name!r}: datatype {tensor.datatype} can only be sent as raw_input_contents")
+        raise InvalidInput(
+            f"input {quoted(name)}: datatype {tensor.datatype} can only be sent as raw_input_contents"
+        )
+    given = [other for other in ALL_CONTENTS_FIELDS if len(getattr(tensor.contents, other))]
+    if len(given) > 1:
+        raise InvalidInput(
+            f"input {quoted(name)}: contents has values in {len(given)} fields ({', '.join(given)}); "
+            f"a {tensor.datatype} tensor sends them in contents.{field} only"
+        )
+    if given and given[0] != field:
+        raise InvalidInput(
+            f"input {quoted(name)}: values sent in contents.{given[0]}, but a {tensor.datatype} tensor "
+            f"sends them in contents.{field}"
+        )
     values = getattr(tensor.contents, field)
     count = element_count(shape)
     if len(values) != count:
         raise InvalidInput(
-            f"input {name!r}: {len(values)} values in contents.{field}, but shape {list(shape)} needs {count}"
+            f"input {quoted(name)}: {len(values)} values in contents.{field}, but shape {list(shape)} needs {count}"
         )
     if tensor.datatype == "BYTES":
         array = np.empty(count, dtype=object)
@@ -161,7 +198,9 @@ def _array_from_contents(tensor: pb.ModelInferRequest.InferInputTensor, name: st
     if dtype.kind in "iu" and source.size:
         info = np.iinfo(dtype)
         if source.min() < info.min or source.max() > info.max:
-            raise InvalidInput(f"input {name!r}: a value in contents.{field} is out of range for {tensor.datatype}")
+            raise InvalidInput(
+                f"input {quoted(name)}: a value in contents.{field} is out of range for {tensor.datatype}"
+            )
     return source.astype(dtype, copy=False).reshape(shape)
 
 
@@ -186,8 +225,9 @@ def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadat
 
 
 class InferenceService:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, stream_max_pending: int = STREAM_MAX_PENDING) -> None:
         self.engine = engine
+        self.stream_max_pending = stream_max_pending
 
     @answers_errors
     async def ServerLive(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
@@ -238,23 +278,37 @@ class InferenceService:
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request of the stream is answered as soon as it is done; errors travel in the stream."""
+        """Each request of the stream is answered as soon as it is done; errors travel in the stream.
+
+        Back-pressure: a stream holds at most `stream_max_pending` requests that are running or whose
+        answers wait to be written. Past that the next request is not read until an answer has been
+        written, so a client that sends and never reads stalls in gRPC flow control instead of
+        growing the server's memory.
+        """
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.stream_max_pending)
         pending: set[asyncio.Task[None]] = set()
 
         async def answer(raw: bytes) -> None:
+            request: pb.ModelInferRequest | None = None
             try:
                 request = parse(pb.ModelInferRequest, raw)
                 response = await self.engine.infer(decode_infer_request(request, None))
                 await answers.put(pb.ModelStreamInferResponse(infer_response=encode_infer_response(response)))
             except RuntimeServingError as exc:
-                await answers.put(pb.ModelStreamInferResponse(error_message=exc.message))
+                await answers.put(_stream_error(request, exc.message))
             except Exception as exc:
                 log.exception("unhandled error in ModelStreamInfer")
-                await answers.put(pb.ModelStreamInferResponse(error_message=f"internal error: {exc}"))
+                await answers.put(_stream_error(request, f"internal error: {type(exc).__name__}: {exc}"))
 
         async def read_all() -> None:
-            async for raw in requests:
+            iterator = requests.__aiter__()
+            while True:
+                await slots.acquire()
+                try:
+                    raw = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
                 task = asyncio.get_running_loop().create_task(answer(raw))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -266,11 +320,25 @@ class InferenceService:
         try:
             while (item := await answers.get()) is not None:
                 yield item
+                # Resumed: gRPC took the answer, so the stream may read one more request.
+                slots.release()
             await reader
         finally:
             reader.cancel()
             for task in list(pending):
                 task.cancel()
+
+
+def _stream_error(request: pb.ModelInferRequest | None, message: str) -> pb.ModelStreamInferResponse:
+    """An error reply in a stream, carrying the request's id (and model) so the client can match it."""
+    if request is None:  # not even parseable: nothing to echo
+        return pb.ModelStreamInferResponse(error_message=message)
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
 
 
 def _serialize(message: Message) -> bytes:
@@ -402,6 +470,122 @@ class StreamGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return None
 
 
+# At the end of the drain: how long the calls just ended get to send their UNAVAILABLE.
+STOP_GRACE_S = 0.5
+
+_SHUTTING_DOWN = "server shutting down; retry the call on another server"
+_GRACE_OVER = "server shutting down: the call did not finish within the grace period; retry it"
+
+
+class Drain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Shutdown without CANCELLED: once draining, a new call is answered UNAVAILABLE (clients retry
+    that) while the port stays open; calls already accepted run on; when the grace period is over
+    those still running are ended with UNAVAILABLE by us, before grpc's own stop would cancel them.
+
+    Health checks pass through untracked: a probe must see NOT_SERVING during the drain, and a
+    Watch must not hold the shutdown.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.expired = False
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._idle: asyncio.Event | None = None  # made inside the running loop
+
+    def _idle_event(self) -> asyncio.Event:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+            if not self._calls:
+                self._idle.set()
+        return self._idle
+
+    def start(self) -> None:
+        self.draining = True
+
+    async def wait(self, timeout_s: float) -> bool:
+        """True when every accepted call finished within timeout_s."""
+        try:
+            await asyncio.wait_for(self._idle_event().wait(), max(0.0, timeout_s))
+        except TimeoutError:
+            return False
+        return True
+
+    def expire(self) -> None:
+        """End the calls still running: each answers UNAVAILABLE (see _track)."""
+        self.expired = True
+        for task in list(self._calls):
+            task.cancel()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        method = details.method or ""
+        if handler is None or method.startswith("/grpc.health.v1.Health/"):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _enter(self) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
+            self._idle_event().clear()
+        return task
+
+    def _leave(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self._calls.discard(task)
+        if not self._calls:
+            self._idle_event().set()
+
+    def _unary(self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def drained(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.draining:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+            task = self._enter()
+            try:
+                return await behavior(request, context)
+            except asyncio.CancelledError:
+                if not self.expired:
+                    raise  # the client went away
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _GRACE_OVER)
+            finally:
+                self._leave(task)
+
+        return drained
+
+    def _stream(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def drained(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if self.draining:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+            task = self._enter()
+            try:
+                async for answer in behavior(requests, context):
+                    yield answer
+            except asyncio.CancelledError:
+                if not self.expired:
+                    raise
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _GRACE_OVER)
+            finally:
+                self._leave(task)
+
+        return drained
+
+
 class GrpcServer:
     """The gRPC endpoint: TLS (optionally mutual) when the settings name certificate files, and limits
     (the grpc_* settings) so idle or stalled clients cannot exhaust it.
@@ -411,8 +595,10 @@ class GrpcServer:
         limit = settings.max_request_bytes
         credentials = _server_credentials(settings)
         self._guard = StreamGuard(settings.grpc_stream_idle_timeout_secs)
+        self._drain = Drain()
         self._server = grpc.aio.server(
-            interceptors=[self._guard],
+            # Drain outermost: it answers a call refused during the drain before anything else runs.
+            interceptors=[self._drain, self._guard],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
@@ -452,15 +638,23 @@ class GrpcServer:
             if asyncio.iscoroutine(result):
                 await result
 
-    async def stop(self, grace_s: float) -> bool:
-        """Refuse new calls, end idle streams, let running calls finish for up to grace_s, cancel the rest.
+    async def stop(self, deadline: float) -> bool:
+        """Answer new calls UNAVAILABLE, end idle streams, let accepted calls run until `deadline`
+        (time.monotonic()), then end those still running with UNAVAILABLE.
 
-        True when every call finished within the grace period.
+        True when every accepted call finished by the deadline. The port stays open, answering
+        UNAVAILABLE, until the process exits (app.serve ends it with the OS closing the
+        connections): grpc's own server.stop() resets the calls that arrive while it runs, and their
+        clients see CANCELLED, which they do not retry.
         """
-        started = time.monotonic()
+        self._drain.start()
         self._guard.stop()
-        await self._server.stop(grace_s)
-        return time.monotonic() - started < grace_s
+        drained = await self._drain.wait(deadline - time.monotonic())
+        if not drained:
+            self._drain.expire()
+            # The expired calls answer at once; this lets their statuses go out.
+            await self._drain.wait(STOP_GRACE_S)
+        return drained
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
