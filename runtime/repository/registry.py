@@ -182,7 +182,9 @@ class ModelRegistry:
                         raise
                 self._swap(entry, new_records, override)
             finally:
-                if upload is not None:
+                if upload is not None and upload.committed:
+                    upload.discard()  # an empty directory at most; no await, so nothing cancels the retire below
+                elif upload is not None:
                     await _finish_in_thread(upload.discard)
         await self._retire(entry, new_records)
         return sorted(new_records)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Iterator, Union
@@ -491,3 +492,31 @@ def test_index_ready_must_be_a_boolean(shared: tuple[RunningServer, Path], ready
     server, _ = shared
     code, message = http_post(server, "/v2/repository/index", {"ready": ready})
     assert code == "INVALID_ARGUMENT" and "ready" in message
+
+
+SLOW_WARMUP = json.dumps({
+    "max_batch_size": 8,
+    "model_warmup": [{"name": f"slow{i}", "batch_size": 8, "count": 1000,
+                      "inputs": {"INPUT0": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}} for i in range(200)],
+})
+
+
+def test_an_upload_whose_caller_goes_away_leaves_nothing(shared: tuple[RunningServer, Path]) -> None:
+    """A gRPC deadline cancels the load mid warm-up: the staged files go, nothing enters the repository."""
+    server, repo = shared
+    before = tree(repo)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.RepositoryModelLoadRequest(model_name="scale")
+        request.parameters["config"].string_param = SLOW_WARMUP
+        request.parameters["file:3/model.onnx"].bytes_param = scale_bytes(3.0)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.RepositoryModelLoad(request, metadata=AUTH_GRPC, timeout=0.5)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 30
+    while tree(repo) != before and time.monotonic() < deadline:  # the server notices the cancellation
+        time.sleep(0.05)
+    assert tree(repo) == before
+    assert infer(server) == ("2", 2.0)
+    assert load("grpc", server, "scale", {"config": CONFIG}) == ("OK", "")
+    assert infer(server) == ("2", 2.0) and tree(repo) == before
