@@ -21,8 +21,9 @@ from runtime.errors import Code, InvalidInput, RuntimeServingError, quoted
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-VERSION = re.compile(r"^[1-9][0-9]{0,18}$")
+# \Z, not $: "$" also matches before a trailing newline ("scale\n" would pass).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\Z")
+VERSION = re.compile(r"^[1-9][0-9]{0,18}\Z")
 MAX_VERSION = 2**63 - 1  # Triton's versions are int64
 # Staging directories start with a dot: the store lists neither them as models nor them as versions.
 STAGING_PREFIX = ".upload-"

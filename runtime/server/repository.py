@@ -39,7 +39,7 @@ class NotAllowed(RuntimeServingError):
 
 # Traffic weights are relative; the bound keeps their sums finite and the split exact.
 MAX_TRAFFIC_WEIGHT = 1e9
-LABEL = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+LABEL = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
 
 
 def _kind(value: object) -> str:

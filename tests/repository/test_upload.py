@@ -12,6 +12,7 @@ import http.client
 import json
 import time
 from contextlib import AbstractContextManager
+from urllib.parse import quote
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -334,6 +335,29 @@ def test_a_path_that_is_both_file_and_directory_is_invalid_argument(
     assert code == "INVALID_ARGUMENT" and "both a file and a directory" in message
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("name", ["fresh\n", "fresh\x00", ".hidden", "a" * 129], ids=["newline", "nul", "dot", "long"])
+def test_an_upload_cannot_create_a_model_of_a_bad_name(shared: tuple[RunningServer, Path], transport: str, name: str) -> None:
+    server, repo = shared
+    parameters: dict[str, Value] = {"config": CONFIG, "file:1/model.onnx": scale_bytes(3.0)}
+    if transport == "http":
+        before = tree(repo)
+        body = {"parameters": {key: http_value(value) for key, value in parameters.items()}}
+        code, message = http_post(server, f"/v2/repository/models/{quote(name, safe='')}/load", body)
+        assert code in ("INVALID_ARGUMENT", "NOT_FOUND") and tree(repo) == before, message
+    else:
+        code, message = refused(transport, server, repo, name, parameters)
+        assert code == "INVALID_ARGUMENT" and "invalid model name" in message
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_too_many_files_is_invalid_argument(shared: tuple[RunningServer, Path], transport: str) -> None:
+    server, repo = shared
+    files: dict[str, Value] = {f"file:3/part{i}.bin": b"x" for i in range(1025)}
+    code, message = refused(transport, server, repo, "scale", {"config": CONFIG, **files})
+    assert code == "INVALID_ARGUMENT" and "1025 uploaded files" in message
+
+
 HTTP_BAD_PARAMETERS: dict[str, dict[str, Value]] = {
     "file-number": {"config": CONFIG, "file:3/model.onnx": 5},
     "file-null": {"config": CONFIG, "file:3/model.onnx": None},
@@ -412,6 +436,7 @@ BAD_WEIGHTS: dict[str, object] = {
     "key-fraction": {"1.5": 1},
     "key-superscript": {"²": 1},
     "key-thousands-of-digits": {"9" * 5000: 1},
+    "key-newline": {"2\n": 1},
     "weight-string": {"2": "1"},
     "weight-bool": {"2": True},
     "weight-null": {"2": None},
@@ -474,6 +499,7 @@ BAD_LABELS: dict[str, object] = {
     "label-slash": {"a/b": 2},
     "label-long": {"x" * 10_000: 2},
     "label-control": {"st\nable": 2},
+    "label-newline": {"stable\n": 2},
     "not-serving": {"stable": 9},
 }
 
