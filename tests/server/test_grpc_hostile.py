@@ -83,20 +83,22 @@ async def test_stream_that_is_never_read_is_bounded(server: RunningServer) -> No
     accepted = 0
     async with grpc.aio.insecure_channel(server.grpc_url) as greedy:
         call = stream_method(greedy)()
-        ends = time.monotonic() + GREEDY_SECONDS
+        began = time.monotonic()
+        ends = began + GREEDY_SECONDS
         while accepted < GREEDY_CAP and (left := ends - time.monotonic()) > 0:
             try:
                 await asyncio.wait_for(call.write(raw), timeout=left)
             except TimeoutError:
                 break  # the server stopped taking requests: what this test wants to see
             accepted += 1
+        elapsed = time.monotonic() - began
         grown = rss_bytes(pid) - before
         # Someone else is served while the greedy stream is stalled.
         with grpc.insecure_channel(server.grpc_url) as other:
             answer = unary(other, simple_request().SerializeToString())
         assert answer.outputs[0].name in ("OUTPUT0", "OUTPUT1")
         call.cancel()
-    print(f"greedy stream: {accepted} requests accepted in {GREEDY_SECONDS:g}s; server RSS grew {grown / 2**20:.0f} MiB")
+    print(f"greedy stream: {accepted} requests accepted in {elapsed:.1f}s; server RSS grew {grown / 2**20:.0f} MiB")
     assert accepted < GREEDY_CAP // 2, f"{accepted} requests taken from a stream that reads nothing"
     assert grown < 120 * 2**20, f"server RSS grew {grown / 2**20:.0f} MiB for one unread stream"
 
@@ -295,11 +297,26 @@ MISTAKES: dict[str, tuple[bytes, grpc.StatusCode, tuple[str, ...]]] = {
     "unknown model": (
         pb.ModelInferRequest(model_name="no_such_model").SerializeToString(), grpc.StatusCode.NOT_FOUND, ("no_such_model",),
     ),
+    "long model name": (
+        pb.ModelInferRequest(model_name="m" * 100_000).SerializeToString(), grpc.StatusCode.NOT_FOUND, ("mmmm", "more characters"),
+    ),
     "long input name": (with_long_name().SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, ("XXXX", "more characters")),
 }
 
 
-@pytest.mark.parametrize("mistake", list(MISTAKES))
+# registry.py quotes an unknown model's name with !r (up to the 4 KiB cap), not errors.quoted.
+NOT_YET_QUOTED = {"long model name"}
+
+
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="registry.py: unknown model name not quoted"))
+        if name in NOT_YET_QUOTED
+        else name
+        for name in MISTAKES
+    ],
+)
 def test_client_mistake_is_a_client_error(server: RunningServer, mistake: str) -> None:
     raw, code, fragments = MISTAKES[mistake]
     with grpc.insecure_channel(server.grpc_url) as channel:
@@ -310,8 +327,8 @@ def test_client_mistake_is_a_client_error(server: RunningServer, mistake: str) -
         assert error.code() == code, f"{error.code()}: {details}"
         for fragment in fragments:
             assert fragment in details, f"{fragment!r} not in {details!r}"
-        # errors.capped bounds every message; names quoted with errors.quoted keep it far shorter.
-        assert len(details) <= 4200, f"the error echoes {len(details)} characters"
+        # Client text is quoted with errors.quoted (64 characters), not echoed up to the message cap.
+        assert len(details) < 1000, f"the error echoes {len(details)} characters"
         # The server goes on serving the same connection.
         answer = unary(channel, simple_request().SerializeToString())
         assert {output.name for output in answer.outputs} == {"OUTPUT0", "OUTPUT1"}
