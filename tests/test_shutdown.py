@@ -300,6 +300,36 @@ async def test_idle_and_stalled_clients_do_not_delay_the_exit(hostile_repository
         server.stop()
 
 
+async def test_idle_connections_do_not_hold_a_long_grace_period(hostile_repository: Path, tmp_path: Path) -> None:
+    """With nothing accepted unfinished, idle keep-alive HTTP connections, an idle gRPC channel and
+    an idle stream do not make the process wait for its 20 s grace period: it exits at once, 0."""
+    server = start_hostile(hostile_repository, tmp_path, grace_s=20)
+    writers = [await open_idle_http(server.http_port) for _ in range(3)]
+    try:
+        async with grpc.aio.insecure_channel(server.grpc_url) as channel:
+            await channel.channel_ready()
+            call = channel.stream_stream(
+                "/inference.GRPCInferenceService/ModelStreamInfer",
+                request_serializer=lambda raw: raw,
+                response_deserializer=pb.ModelStreamInferResponse.FromString,
+            )()
+            request = pb.ModelInferRequest(model_name="quick")
+            request.inputs.add(name="INPUT", datatype="FP32", shape=[1, 16])
+            request.raw_input_contents.append(np.ones((1, 16), dtype=np.float32).tobytes())
+            await call.write(request.SerializeToString())
+            assert not (await call.read()).error_message
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            status = await wait_for_exit(server, timeout_s=25)
+            took = time.monotonic() - signalled
+        assert took < SLACK_S, f"exit took {took:.1f}s with only idle clients:\n{server.log()[-2000:]}"
+        assert status == 0
+    finally:
+        for writer in writers:
+            writer.close()
+        server.stop()
+
+
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 async def test_slow_model_in_flight_exits_within_the_grace_period(
     hostile_repository: Path, tmp_path: Path, transport: str
