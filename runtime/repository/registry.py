@@ -338,9 +338,9 @@ class ModelRegistry:
         entry = self._serving_entry(name)
         for label, version in labels.items():
             if not label or label.isdigit():
-                raise InvalidInput(f"model {name!r}: label {label!r} must be a non-numeric name")
+                raise InvalidInput(f"model {name!r}: label {quoted(label)} must be a non-numeric name")
             if version not in entry.serving:
-                raise InvalidInput(f"model {name!r}: label {label!r} names version {version}, which is not serving")
+                raise InvalidInput(f"model {name!r}: label {quoted(label)} names version {version}, which is not serving")
         entry.labels = dict(labels)
 
     def _serving_entry(self, name: str) -> ModelEntry:
@@ -355,7 +355,7 @@ class ModelRegistry:
     def get(self, name: str, version: str = "") -> ServedModel:
         entry = self._entries.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model {name!r}")
+            raise ModelNotFound(f"unknown model {quoted(name)}")
         if not version:
             served = entry.route()
             if served is None:
@@ -379,7 +379,7 @@ class ModelRegistry:
         number = entry.labels.get(version) if not version.isdigit() else int(version)
         if number is None:
             raise ModelNotFound(
-                f"model {entry.name!r} has no version or label {version!r}"
+                f"model {entry.name!r} has no version or label {quoted(version)}"
                 + (f" (labels: {', '.join(sorted(entry.labels))})" if entry.labels else "")
             )
         record = entry.serving.get(number) or entry.failed.get(number) or entry.unloaded.get(number)
@@ -393,7 +393,7 @@ class ModelRegistry:
     def record(self, name: str, version: str = "") -> VersionRecord:
         entry = self._entries.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model {name!r}")
+            raise ModelNotFound(f"unknown model {quoted(name)}")
         if not version:
             if entry.serving:
                 return entry.serving[max(entry.serving)]

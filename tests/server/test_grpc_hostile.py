@@ -304,19 +304,7 @@ MISTAKES: dict[str, tuple[bytes, grpc.StatusCode, tuple[str, ...]]] = {
 }
 
 
-# registry.py quotes an unknown model's name with !r (up to the 4 KiB cap), not errors.quoted.
-NOT_YET_QUOTED = {"long model name"}
-
-
-@pytest.mark.parametrize(
-    "mistake",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="registry.py: unknown model name not quoted"))
-        if name in NOT_YET_QUOTED
-        else name
-        for name in MISTAKES
-    ],
-)
+@pytest.mark.parametrize("mistake", list(MISTAKES))
 def test_client_mistake_is_a_client_error(server: RunningServer, mistake: str) -> None:
     raw, code, fragments = MISTAKES[mistake]
     with grpc.insecure_channel(server.grpc_url) as channel:
