@@ -30,14 +30,15 @@ import numpy as np
 import numpy.typing as npt
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # serving.py: start the real server on ephemeral ports
+sys.path.insert(0, str(BENCH_DIR.parent))  # tests/serving.py: start the real server on ephemeral ports
 
 import onnxruntime as ort  # noqa: E402
 from inprocess import ORT_TO_NUMPY, concrete_shape, random_array, summarize, time_calls  # noqa: E402
-from serving import start_server  # noqa: E402
+from tests.serving import start_server  # noqa: E402
 
 from runtime.backends.onnx import CUDA, OnnxBackend, SessionSpec  # noqa: E402
-from runtime.examples import build_identity, build_wide_mlp, save_model, write_example_repository  # noqa: E402
+from runtime.examples import build_wide_mlp, save_model, write_example_repository  # noqa: E402
+from tests.models import build_identity  # noqa: E402
 
 Array = npt.NDArray[Any]
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]

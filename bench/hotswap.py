@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from serving import running_server  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/serving.py
+from tests.serving import running_server  # noqa: E402
 
 from runtime.examples import build_mlp, save_model  # noqa: E402
 

@@ -35,9 +35,9 @@ import aiohttp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # tests/serving.py
 
-from serving import RunningServer, start_server  # type: ignore[import-not-found]
+from tests.serving import RunningServer, start_server
 
 from runtime.examples import build_wide_mlp, save_model
 from runtime.loadtest.inputs import binary_body

@@ -47,9 +47,9 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # tests/serving.py
 
-from serving import RunningServer, start_server
+from tests.serving import RunningServer, start_server
 
 PERF_ANALYZER = BENCH_DIR / ".tools" / "perf_analyzer"
 JSON_TENSORS = ["--input-tensor-format", "json", "--output-tensor-format", "json"]

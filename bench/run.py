@@ -56,11 +56,11 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-sys.path.insert(0, str(ROOT / "tests"))  # serving.py: start the real server on ephemeral ports
+sys.path.insert(0, str(ROOT))  # tests/serving.py: start the real server on ephemeral ports
 
 import onnxruntime as ort
 from inprocess import measure_inprocess
-from serving import RunningServer, start_server
+from tests.serving import RunningServer, start_server
 
 from runtime.examples import build_mlp, build_wide_mlp, save_model
 

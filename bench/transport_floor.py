@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
+sys.path.insert(0, str(BENCH_DIR.parent))  # tests/serving.py
 sys.path.insert(0, str(BENCH_DIR))
 
 import grpc  # noqa: E402
@@ -343,7 +343,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the table into this RESULTS.md (between its markers)")
     args = parser.parse_args()
     from run import install_perf_analyzer, write_section
-    from serving import start_server
+    from tests.serving import start_server
 
     from runtime.examples import build_mlp, save_model, write_example_repository
 

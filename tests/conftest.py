@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# tests/ holds shared helpers (serving.py) that test modules in sub-folders import.
-sys.path.insert(0, str(Path(__file__).parent))
+# tests/ is a package (tests/__init__.py): pytest puts the repository root on sys.path, and shared
+# helpers are imported by their full name (tests.serving, tests.models, tests.monitoring.scrape), so no
+# helper module shadows a top-level name such as the monitoring/ folder.

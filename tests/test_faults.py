@@ -1,6 +1,6 @@
 """A model whose execution raises fails only the requests it ran on; the process and other models serve on.
 
-`failing` (runtime.examples.build_failing) raises in onnxruntime when any value is >= 100. Without
+`failing` (tests.models.build_failing) raises in onnxruntime when any value is >= 100. Without
 dynamic batching each request runs alone, so exactly the bad requests fail. With dynamic batching a
 bad request fails the batch it is in (every request of a failed batch gets the error), and only that
 batch: the next batch runs as usual.
@@ -14,9 +14,10 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
-from serving import RunningServer, running_server
+from tests.serving import RunningServer, running_server
 
-from runtime.examples import FAILING_INSTANCE_GROUP, build_failing, save_model, write_example_repository
+from runtime.examples import save_model, write_example_repository
+from tests.models import FAILING_INSTANCE_GROUP, build_failing
 from runtime.server._pb import grpc_service_pb2 as pb
 
 ALONE = """\

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving import RunningServer, running_server
+from tests.serving import RunningServer, running_server
 
 from runtime import codec
 from runtime.codec import _py
 from runtime.errors import InvalidInput
-from runtime.examples import build_identity, save_model, write_example_repository
+from runtime.examples import save_model, write_example_repository
+from tests.models import build_identity
 from runtime.server import grpc as grpc_server
 from runtime.server import http as http_server
 from runtime.server._pb import grpc_service_pb2 as pb

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving import RunningServer, running_server
+from tests.serving import RunningServer, running_server
 
 from runtime.examples import write_example_repository
 from runtime.loadtest import inputs

@@ -22,7 +22,8 @@ from runtime.app import JsonFormatter
 from runtime.config import Settings
 from runtime.engine import Engine
 from runtime.errors import ExecutionError, InvalidInput, ModelNotFound
-from runtime.examples import FAILING_INSTANCE_GROUP, build_failing, build_identity, save_model
+from runtime.examples import save_model
+from tests.models import FAILING_INSTANCE_GROUP, build_failing, build_identity
 from runtime.metrics import (
     ArrayHistogram,
     ClassWatch,

@@ -18,7 +18,7 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
-from serving import RunningServer, running_server
+from tests.serving import RunningServer, running_server
 
 from runtime.examples import build_wide_mlp, save_model
 from runtime.loadtest.inputs import binary_body, grpc_request_bytes

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving import RunningServer, running_server
+from tests.serving import RunningServer, running_server
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from serving import RunningServer, start_server
+from tests.serving import RunningServer, start_server
 
 from runtime.examples import build_mlp, build_wide_mlp, save_model
 from runtime.loadtest.inputs import binary_body

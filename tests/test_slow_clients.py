@@ -19,11 +19,12 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
-from serving import RunningServer, running_server
+from tests.serving import RunningServer, running_server
 
 from runtime.config import Settings
 from runtime.engine import Engine
-from runtime.examples import build_identity, build_mlp, save_model, write_example_repository
+from runtime.examples import build_mlp, save_model, write_example_repository
+from tests.models import build_identity
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
 from runtime.server._pb import grpc_service_pb2 as pb

@@ -12,7 +12,7 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
-from serving import RunningServer, running_server, start_server
+from tests.serving import RunningServer, running_server, start_server
 
 from runtime.examples import write_example_repository
 from runtime.server._pb import grpc_service_pb2 as pb

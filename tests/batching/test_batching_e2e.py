@@ -15,8 +15,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from runtime.examples import FAILING_INSTANCE_GROUP, build_failing, build_identity, save_model
-from serving import RunningServer, running_server, thread_http_client
+from runtime.examples import save_model
+from tests.models import FAILING_INSTANCE_GROUP, build_failing, build_identity
+from tests.serving import RunningServer, running_server, thread_http_client
 
 WINDOW_US = 20_000
 SLOW_WINDOW_US = 1_500_000

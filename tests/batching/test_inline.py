@@ -11,7 +11,8 @@ import pytest
 
 from runtime.config import Settings
 from runtime.engine import Engine
-from runtime.examples import build_identity, build_wide_mlp, save_model
+from runtime.examples import build_wide_mlp, save_model
+from tests.models import build_identity
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
 from runtime.types import InferRequest

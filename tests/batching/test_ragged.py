@@ -14,7 +14,8 @@ from runtime.batching.ragged import cut, group_key, pad_stack, ragged_plan
 from runtime.config import Settings
 from runtime.engine import Engine
 from runtime.errors import ModelLoadError
-from runtime.examples import build_identity, save_model
+from runtime.examples import save_model
+from tests.models import build_identity
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
 from runtime.server._pb import model_config_pb2 as mc

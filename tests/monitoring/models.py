@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.examples import FAILING_INSTANCE_GROUP, build_failing, build_identity, save_model
+from runtime.examples import save_model
+from tests.models import FAILING_INSTANCE_GROUP, build_failing, build_identity
 
 LABELS = ["cat", "dog", "bird"]
 DRIFT_WINDOW = 200

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from serving import RunningServer, running_server
+from tests.serving import RunningServer, running_server
 from tritonclient.utils import InferenceServerException
 
-from monitoring.models import (
+from tests.monitoring.models import (
     DRIFT_WINDOW,
     INPUT_BUCKETS,
     LABELS,
@@ -31,7 +31,7 @@ from monitoring.models import (
     reference_scores,
     shifted_scores,
 )
-from monitoring.scrape import Samples, eventually, scrape
+from tests.monitoring.scrape import Samples, eventually, scrape
 from runtime.metrics import EXPORTED, PREFIX
 
 CLF_HTTP = [
@@ -424,7 +424,7 @@ def test_request_log_has_one_json_line_per_request(traffic: Traffic) -> None:
 
 def test_every_dashboard_series_is_in_a_live_scrape(traffic: Traffic) -> None:
     """Each non-GPU panel of the Grafana dashboard has data after ordinary traffic (GPU panels say "no GPU")."""
-    from monitoring.test_dashboard import MONITORING, _queries, metric_names
+    from tests.monitoring.test_dashboard import MONITORING, _queries, metric_names
 
     dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
     live = traffic.metrics.names()

@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from processing import reference as ref
+from tests.processing import reference as ref
 from runtime.examples import IMAGE_CLASSIFIER_LABELS, TABULAR_VOCABULARY, write_example_repository
 from runtime.processing import Pipeline, load_processing
 from runtime.repository.model_config import read_config_file

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from processing import reference as ref
+from tests.processing import reference as ref
 from runtime.errors import InvalidInput
 from runtime.processing import Pipeline, load_processing
 from runtime.repository.model_config import parse_config_text

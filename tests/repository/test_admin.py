@@ -14,8 +14,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from runtime.examples import save_model
-from repository.models import build_scale, scale_bytes
-from serving import RunningServer, running_server
+from tests.repository.models import build_scale, scale_bytes
+from tests.serving import RunningServer, running_server
 
 TOKEN = "s3cret-token"
 AUTH_HTTP = {"Authorization": f"Bearer {TOKEN}"}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import tritonclient.http as httpclient
 
-from repository.models import scale_bytes
-from repository.test_admin import _wait_for, infer_http, make_repo
-from serving import running_server
+from tests.repository.models import scale_bytes
+from tests.repository.test_admin import _wait_for, infer_http, make_repo
+from tests.serving import running_server
 
 
 def test_a_writer_pausing_mid_file_is_not_loaded(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from repository.models import scale_bytes
-from repository.test_admin import AUTH_HTTP, TOKEN, _post, config_json, infer_http, make_repo
-from serving import RunningServer, running_server
+from tests.repository.models import scale_bytes
+from tests.repository.test_admin import AUTH_HTTP, TOKEN, _post, config_json, infer_http, make_repo
+from tests.serving import RunningServer, running_server
 
 
 @pytest.fixture

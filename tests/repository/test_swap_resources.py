@@ -22,7 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from repository.models import build_scale
+from tests.repository.models import build_scale
 from runtime.config import Settings
 from runtime.errors import Code, ModelLoadError
 from runtime.examples import build_mlp, save_model
@@ -30,7 +30,7 @@ from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
 from runtime.server._pb import model_config_pb2 as mc
 from runtime.validate import Validated
-from serving import running_server
+from tests.serving import running_server
 
 CONFIG = "max_batch_size: 8\n"
 

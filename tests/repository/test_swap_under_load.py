@@ -17,8 +17,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from runtime.examples import save_model
-from repository.models import build_scale
-from serving import running_server, thread_http_client
+from tests.repository.models import build_scale
+from tests.serving import running_server, thread_http_client
 
 FACTORS = {"1": 1.0, "2": 2.0}
 CLIENTS_PER_PROTOCOL = 3

@@ -24,9 +24,9 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from runtime.examples import save_model
-from repository.models import build_scale, scale_bytes
-from repository.snapshot import tree
-from serving import RunningServer, running_server
+from tests.repository.models import build_scale, scale_bytes
+from tests.repository.snapshot import tree
+from tests.serving import RunningServer, running_server
 
 TOKEN = "upload-token"
 AUTH_HTTP = {"Authorization": f"Bearer {TOKEN}"}

@@ -6,8 +6,9 @@ from typing import Iterator
 
 import pytest
 
-from runtime.examples import build_identity, save_model, write_example_repository
-from serving import RunningServer, running_server
+from runtime.examples import save_model, write_example_repository
+from tests.models import build_identity
+from tests.serving import RunningServer, running_server
 
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
 MAX_REQUEST_BYTES = 4 * 1024 * 1024

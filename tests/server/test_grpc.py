@@ -11,9 +11,9 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from serving import RunningServer
-from server.conftest import DATATYPES, MAX_REQUEST_BYTES, identity_name
-from server.sample_data import sample_array
+from tests.serving import RunningServer
+from tests.server.conftest import DATATYPES, MAX_REQUEST_BYTES, identity_name
+from tests.server.sample_data import sample_array
 
 
 @pytest.fixture(scope="module")

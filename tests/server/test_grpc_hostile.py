@@ -13,9 +13,10 @@ import grpc
 import numpy as np
 import pytest
 
-from runtime.examples import build_identity, save_model, write_example_repository
+from runtime.examples import save_model, write_example_repository
+from tests.models import build_identity
 from runtime.server._pb import grpc_service_pb2 as pb
-from serving import RunningServer, running_server
+from tests.serving import RunningServer, running_server
 
 # A stream request/answer of 64 KiB: the gRPC and socket buffers outside the server's control hold
 # a few hundred of them, while a server that reads without bound holds thousands within seconds.

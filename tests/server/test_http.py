@@ -11,9 +11,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from serving import RunningServer
-from server.conftest import DATATYPES, MAX_REQUEST_BYTES, identity_name
-from server.sample_data import sample_array
+from tests.serving import RunningServer
+from tests.server.conftest import DATATYPES, MAX_REQUEST_BYTES, identity_name
+from tests.server.sample_data import sample_array
 
 
 @pytest.fixture(scope="module")

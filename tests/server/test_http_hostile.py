@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from runtime.examples import write_example_repository
-from serving import RunningServer, running_server
+from tests.serving import RunningServer, running_server
 
 MLP_INPUT = {"name": "INPUT", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}
 SIMPLE = {

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from serving import RunningServer
+from tests.serving import RunningServer
 
 # The SDK is in the test extra: a missing one fails the tests (ImportError in the child), never skips.
 # It is not imported here: that would register its protobuf messages in this process.

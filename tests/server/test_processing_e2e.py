@@ -20,8 +20,8 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from processing import reference as ref
-from serving import RunningServer, running_server
+from tests.processing import reference as ref
+from tests.serving import RunningServer, running_server
 from tritonclient.utils import InferenceServerException
 
 from runtime.examples import (

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from serving import RunningServer
+from tests.serving import RunningServer
 from tritonclient.utils import InferenceServerException
 
 DURATION_KEYS = {"count", "ns"}

@@ -1,0 +1,1 @@
+"""The test suite as a package: helpers are imported as tests.serving, tests.models, tests.server.conftest, ..."""
