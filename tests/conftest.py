@@ -1,5 +1,33 @@
+"""Fixtures for the whole suite.
+
+tests/ is a package (tests/__init__.py): pytest puts the repository root on sys.path, and shared
+helpers are imported by their full name (tests.serving, tests.models, tests.monitoring.scrape), so no
+helper module shadows a top-level name such as the monitoring/ folder.
+"""
+
 from __future__ import annotations
 
-# tests/ is a package (tests/__init__.py): pytest puts the repository root on sys.path, and shared
-# helpers are imported by their full name (tests.serving, tests.models, tests.monitoring.scrape), so no
-# helper module shadows a top-level name such as the monitoring/ folder.
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.observer import Observer
+from tests.engine import InProcess, OpenEngine, in_process_engine
+
+
+@pytest.fixture
+async def open_engine() -> AsyncIterator[OpenEngine]:
+    """`await open_engine(repo, **settings)` -> InProcess(registry, engine, settings), closed after the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_(
+            repo: Path, *, observer: Observer | None = None, load: bool = True, **settings: Any
+        ) -> InProcess:
+            return await stack.enter_async_context(
+                in_process_engine(repo, observer=observer, load=load, **settings)
+            )
+
+        yield open_

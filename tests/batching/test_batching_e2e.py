@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from runtime.examples import save_model
 from tests.models import FAILING_INSTANCE_GROUP, build_failing, build_identity
+from tests.monitoring.scrape import eventually, scrape
 from tests.serving import RunningServer, running_server, thread_http_client
 
 WINDOW_US = 20_000
@@ -140,9 +141,11 @@ def test_full_queue_is_rejected_at_once(server: RunningServer) -> None:
                 outcomes.append((f"{exc.status()}:{exc.message()}", time.monotonic() - started))
 
     threads = [threading.Thread(target=send) for _ in range(5)]
-    for thread in threads:
+    for thread in threads[:2]:
         thread.start()
-        time.sleep(0.05)
+    eventually(lambda: queue_depth(server, "slow_window") == 2, timeout_s=SLOW_WINDOW_US / 2e6, what="a full queue")
+    for thread in threads[2:]:
+        thread.start()
     for thread in threads:
         thread.join(30)
     served = [o for o in outcomes if o[0] == "ok"]
@@ -175,28 +178,53 @@ def test_grpc_deadline_is_honoured_in_the_queue(server: RunningServer) -> None:
     assert stats(server, "slow_window")[0] == rows_before
 
 
+def queue_depth(server: RunningServer, model: str) -> float | None:
+    return scrape(server.metrics_url).value("model_runtime_queue_depth", model=model, version="1")
+
+
+def wait_until_queued(server: RunningServer, model: str) -> float:
+    """Wait until one request sits in the model's queue; return when it was seen there (monotonic)."""
+    eventually(lambda: queue_depth(server, model) == 1, timeout_s=SLOW_WINDOW_US / 2e6, what="one queued request")
+    return time.monotonic()
+
+
+def assert_leaves_the_queue_before_its_window(server: RunningServer, model: str, queued_at: float) -> None:
+    """The request left the queue (depth 0) well before its window would have sent it to the model."""
+    eventually(lambda: queue_depth(server, model) == 0, timeout_s=SLOW_WINDOW_US / 4e6, what="an empty queue")
+    assert time.monotonic() - queued_at < SLOW_WINDOW_US / 1e6 / 2, "it stayed queued until its window"
+
+
+def wait_past_the_window(queued_at: float) -> None:
+    # The scenario itself: a request that never executes is only seen by waiting out its window.
+    time.sleep(max(0.0, queued_at + SLOW_WINDOW_US / 1e6 + 0.3 - time.monotonic()))
+
+
 def test_cancelled_grpc_call_leaves_the_queue(server: RunningServer) -> None:
     rows_before, _ = stats(server, "slow_window")
+    assert queue_depth(server, "slow_window") == 0
     client = grpcclient.InferenceServerClient(server.grpc_url)
     call = client.async_infer(
-        "slow_window", [fp32_input(grpcclient, np.ones((1, 4), dtype=np.float32))], callback=lambda *_: None
+        "slow_window", [fp32_input(grpcclient, np.ones((1, 4), dtype=np.float32))], callback=lambda *_, **__: None
     )
-    time.sleep(0.2)
+    queued_at = wait_until_queued(server, "slow_window")
     call.cancel()
-    time.sleep(SLOW_WINDOW_US / 1e6 + 0.3)
+    assert_leaves_the_queue_before_its_window(server, "slow_window", queued_at)
+    wait_past_the_window(queued_at)
     assert stats(server, "slow_window")[0] == rows_before, "a cancelled request must never execute"
 
 
 def test_closed_http_connection_leaves_the_queue(server: RunningServer) -> None:
     rows_before, _ = stats(server, "slow_window")
+    assert queue_depth(server, "slow_window") == 0
     body = b'{"inputs":[{"name":"INPUT0","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
     with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
         sock.sendall(
             b"POST /v2/models/slow_window/infer HTTP/1.1\r\nHost: x\r\nContent-Length: "
             + str(len(body)).encode() + b"\r\n\r\n" + body
         )
-        time.sleep(0.2)
-    time.sleep(SLOW_WINDOW_US / 1e6 + 0.3)
+        queued_at = wait_until_queued(server, "slow_window")
+    assert_leaves_the_queue_before_its_window(server, "slow_window", queued_at)
+    wait_past_the_window(queued_at)
     assert stats(server, "slow_window")[0] == rows_before, "a request whose client left must never execute"
 
 

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.config import Settings
 from runtime.engine import Engine
 from runtime.examples import build_wide_mlp, save_model
-from tests.models import build_identity
 from runtime.repository.registry import ModelRegistry
-from runtime.repository.store import RepositoryStore
 from runtime.types import InferRequest
+from tests.engine import OpenEngine
+from tests.models import build_identity
 
 UNBATCHED = "max_batch_size: 64\n"
 
@@ -29,13 +28,7 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-async def open_engine(repo: Path, inline_us: float) -> tuple[ModelRegistry, Engine]:
-    settings = Settings(
-        model_repository=repo, inline_execution_us=inline_us, intra_op_threads=1, execution_provider="cpu"
-    )
-    registry = ModelRegistry(RepositoryStore(repo), settings)
-    await registry.load_all()
-    return registry, Engine(registry)
+SETTINGS = {"intra_op_threads": 1, "execution_provider": "cpu"}
 
 
 def executing_threads(registry: ModelRegistry, name: str) -> list[str]:
@@ -61,28 +54,25 @@ async def infer_many(engine: Engine, model: str, count: int, width: int) -> None
             np.testing.assert_array_equal(next(iter(response.outputs.values())), array)
 
 
-async def test_a_tiny_model_runs_on_the_event_loop_and_a_wide_one_on_its_thread(repo: Path) -> None:
-    registry, engine = await open_engine(repo, inline_us=100)
-    try:
-        tiny, wide = executing_threads(registry, "tiny"), executing_threads(registry, "wide")
-        await infer_many(engine, "tiny", 40, 4)  # measured on the instance thread at first
-        assert registry.get("tiny", "").runs_inline
-        tiny.clear()
-        await infer_many(engine, "tiny", 40, 4)
-        await infer_many(engine, "wide", 4, 512)
-        assert tiny and set(tiny) == {threading.current_thread().name}
-        assert not registry.get("wide", "").runs_inline
-        assert threading.current_thread().name not in wide and len(wide) == 4
-    finally:
-        await registry.close()
+async def test_a_tiny_model_runs_on_the_event_loop_and_a_wide_one_on_its_thread(
+    repo: Path, open_engine: OpenEngine
+) -> None:
+    opened = await open_engine(repo, inline_execution_us=100, **SETTINGS)
+    registry, engine = opened.registry, opened.engine
+    tiny, wide = executing_threads(registry, "tiny"), executing_threads(registry, "wide")
+    await infer_many(engine, "tiny", 40, 4)  # measured on the instance thread at first
+    assert registry.get("tiny", "").runs_inline
+    tiny.clear()
+    await infer_many(engine, "tiny", 40, 4)
+    await infer_many(engine, "wide", 4, 512)
+    assert tiny and set(tiny) == {threading.current_thread().name}
+    assert not registry.get("wide", "").runs_inline
+    assert threading.current_thread().name not in wide and len(wide) == 4
 
 
-async def test_inline_execution_off_keeps_every_model_on_its_thread(repo: Path) -> None:
-    registry, engine = await open_engine(repo, inline_us=0)
-    try:
-        tiny = executing_threads(registry, "tiny")
-        await infer_many(engine, "tiny", 40, 4)
-        assert not registry.get("tiny", "").runs_inline
-        assert tiny and threading.current_thread().name not in tiny
-    finally:
-        await registry.close()
+async def test_inline_execution_off_keeps_every_model_on_its_thread(repo: Path, open_engine: OpenEngine) -> None:
+    opened = await open_engine(repo, inline_execution_us=0, **SETTINGS)
+    tiny = executing_threads(opened.registry, "tiny")
+    await infer_many(opened.engine, "tiny", 40, 4)
+    assert not opened.registry.get("tiny", "").runs_inline
+    assert tiny and threading.current_thread().name not in tiny

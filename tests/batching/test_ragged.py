@@ -11,16 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.batching.ragged import cut, group_key, pad_stack, ragged_plan
-from runtime.config import Settings
 from runtime.engine import Engine
 from runtime.errors import ModelLoadError
 from runtime.examples import save_model
-from tests.models import build_identity
-from runtime.repository.registry import ModelRegistry
-from runtime.repository.store import RepositoryStore
 from runtime.server._pb import model_config_pb2 as mc
 from runtime.types import InferRequest
 from google.protobuf import text_format
+from tests.engine import OpenEngine
+from tests.models import build_identity
 
 RAGGED = 'parameters { key: "ragged_padding" value: { string_value: "true" } }\n'
 WINDOW = "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n"
@@ -136,21 +134,19 @@ async def send_together(engine: Engine, model: str, arrays: list[np.ndarray]) ->
     return [response.outputs["OUTPUT0"] for response in responses]
 
 
-async def test_ragged_requests_share_one_execution_and_each_gets_its_own_rows(repo: Path) -> None:
-    registry = ModelRegistry(RepositoryStore(repo), Settings(model_repository=repo))
-    await registry.load_all()
-    engine = Engine(registry)
-    try:
-        arrays = [np.arange(1, 1 + n * rows, dtype=np.float32).reshape(rows, n) for n, rows in ((3, 1), (5, 2), (1, 1))]
-        for model, executions in (("padded", 1), ("unpadded", 3)):
-            outputs = await send_together(engine, model, arrays)
-            for sent, got in zip(arrays, outputs):
-                np.testing.assert_array_equal(got, sent)
-            stats = registry.get(model, "").stats
-            assert (stats.execution_count, stats.inference_count) == (executions, 4)
-        words = [np.array([[b"a", b"bb"]], dtype=object), np.array([[b"ccc", b"d", b"ee", b"f"]], dtype=object)]
-        texts = await send_together(engine, "padded_text", words)
-        assert [t.tolist() for t in texts] == [[["a", "bb"]], [["ccc", "d", "ee", "f"]]]
-        assert registry.get("padded_text", "").stats.execution_count == 1
-    finally:
-        await registry.close()
+async def test_ragged_requests_share_one_execution_and_each_gets_its_own_rows(
+    repo: Path, open_engine: OpenEngine
+) -> None:
+    opened = await open_engine(repo)
+    registry, engine = opened.registry, opened.engine
+    arrays = [np.arange(1, 1 + n * rows, dtype=np.float32).reshape(rows, n) for n, rows in ((3, 1), (5, 2), (1, 1))]
+    for model, executions in (("padded", 1), ("unpadded", 3)):
+        outputs = await send_together(engine, model, arrays)
+        for sent, got in zip(arrays, outputs):
+            np.testing.assert_array_equal(got, sent)
+        stats = registry.get(model, "").stats
+        assert (stats.execution_count, stats.inference_count) == (executions, 4)
+    words = [np.array([[b"a", b"bb"]], dtype=object), np.array([[b"ccc", b"d", b"ee", b"f"]], dtype=object)]
+    texts = await send_together(engine, "padded_text", words)
+    assert [t.tolist() for t in texts] == [[["a", "bb"]], [["ccc", "d", "ee", "f"]]]
+    assert registry.get("padded_text", "").stats.execution_count == 1
