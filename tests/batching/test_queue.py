@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pytest
 
@@ -35,6 +35,15 @@ class Recorder:
             return [f"done:{item.payload}" for item in items]
         finally:
             self.running -= 1
+
+
+async def until(condition: Callable[[], bool], turns: int = 100) -> None:
+    """Let the loop run, one turn at a time, until condition() holds; fail after `turns` turns."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"condition not met after {turns} loop turns")
 
 
 def policy(**overrides: object) -> BatchPolicy:
@@ -100,7 +109,7 @@ async def test_full_queue_rejects_at_once() -> None:
     running = asyncio.ensure_future(queue.submit("running", 1))
     await recorder.started.wait()
     waiting = [asyncio.ensure_future(queue.submit(f"w{i}", 1)) for i in range(2)]
-    await asyncio.sleep(0)
+    await until(lambda: queue.stats.queued == 2)
     with pytest.raises(QueueFull, match="queue is full"):
         await queue.submit("one too many", 1)
     recorder.gate.set()
@@ -130,9 +139,9 @@ async def test_delay_action_keeps_timed_out_requests_after_the_rest() -> None:
     running = asyncio.ensure_future(queue.submit("running", 1))
     await recorder.started.wait()
     delayed = asyncio.ensure_future(queue.submit("delayed", 1, timeout_s=0.01))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # the scenario: its 10 ms timeout passes while it waits
     fresh = asyncio.ensure_future(queue.submit("fresh", 1))
-    await asyncio.sleep(0)
+    await until(lambda: queue.stats.queued == 2)
     recorder.gate.set()
     assert await delayed == "done:delayed"
     await asyncio.gather(running, fresh)
@@ -146,11 +155,10 @@ async def test_cancelled_request_leaves_the_queue_unexecuted() -> None:
     running = asyncio.ensure_future(queue.submit("running", 1))
     await recorder.started.wait()
     abandoned = asyncio.ensure_future(queue.submit("abandoned", 1))
-    await asyncio.sleep(0)
-    assert queue.stats.queued == 1
+    await until(lambda: queue.stats.queued == 1)
     abandoned.cancel()
-    await asyncio.sleep(0)
-    assert queue.stats.queued == 0
+    await until(lambda: queue.stats.queued == 0)
+    assert abandoned.cancelled()
     recorder.gate.set()
     await running
     await queue.drain()
@@ -165,9 +173,9 @@ async def test_higher_priority_goes_first() -> None:
     running = asyncio.ensure_future(queue.submit("running", 1))
     await recorder.started.wait()
     low = asyncio.ensure_future(queue.submit("low", 1))
-    await asyncio.sleep(0)
+    await until(lambda: queue.stats.queued == 1)
     high = asyncio.ensure_future(queue.submit("high", 1, priority=1))
-    await asyncio.sleep(0)
+    await until(lambda: queue.stats.queued == 2)
     recorder.gate.set()
     await asyncio.gather(running, low, high)
     assert recorder.batches == [["running"], ["high"], ["low"]]
@@ -187,7 +195,9 @@ async def test_concurrency_is_capped_by_instances() -> None:
     queue: BatchQueue[str, str] = BatchQueue("m", policy(max_batch_rows=0, concurrency=3), recorder)
     recorder.gate.clear()
     tasks = [asyncio.ensure_future(queue.submit(f"r{i}", 1)) for i in range(10)]
-    await asyncio.sleep(0.05)
+    await until(lambda: recorder.running == 3 and queue.stats.queued == 7)
+    for _ in range(20):  # the dispatcher has every chance to start a fourth
+        await asyncio.sleep(0)
     assert recorder.running == 3
     recorder.gate.set()
     await asyncio.gather(*tasks)
@@ -201,7 +211,9 @@ async def test_close_drains_then_refuses() -> None:
     tasks = [asyncio.ensure_future(queue.submit(f"r{i}", 1)) for i in range(3)]
     await recorder.started.wait()
     closing = asyncio.ensure_future(queue.close())
-    await asyncio.sleep(0.01)
+    await until(lambda: queue.closing)
+    for _ in range(20):  # close() has every chance to return early
+        await asyncio.sleep(0)
     assert not closing.done()
     recorder.gate.set()
     await closing
