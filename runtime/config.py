@@ -15,6 +15,20 @@ from typing import Any, Literal, Mapping
 
 ENV_PREFIX = "MODEL_RUNTIME_"
 
+# Caps shared with the model config's limits (runtime/repository/limits.py reads them from here,
+# since this module imports nothing from runtime).
+MAX_BATCH_SIZE = 1 << 20
+MAX_QUEUE_SIZE = 1 << 20
+MAX_GPU_ID = 63
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
 GraphOptimizationLevel = Literal["disable", "basic", "extended", "all"]
 ExecutionProvider = Literal["auto", "cuda", "cpu"]
 LogFormat = Literal["text", "json"]
@@ -177,9 +191,96 @@ class Settings:
     log_level: Literal["debug", "info", "warning", "error"] = _doc("Log level.", default="info")
     log_format: LogFormat = _doc("Log line format: text, or one JSON object per line.", default="text")
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
     @property
     def repository(self) -> Path:
         return self.model_repository if self.model_repository is not None else self.example_repository
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The values a numeric setting may take, low..high inclusive; `low_open`: low itself is refused."""
+
+    low: float
+    high: float
+    low_open: bool = False
+
+    def allows(self, value: float) -> bool:
+        # Written so that NaN fails every comparison and is refused.
+        above_low = value > self.low if self.low_open else value >= self.low
+        return bool(above_low and value <= self.high)
+
+    def describe(self) -> str:
+        low = f"{_number(self.low)} (exclusive)" if self.low_open else _number(self.low)
+        return f"between {low} and {_number(self.high)}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+_PORT = Range(0, 65535)
+_HOUR = 3600.0
+_DAY = 86400.0
+
+
+def setting_ranges() -> dict[str, Range]:
+    """Every numeric setting's range (README, "Limits"); a function because thread caps follow the cores."""
+    cores = available_cores()
+    return {
+        "http_port": _PORT,
+        "grpc_port": _PORT,
+        "metrics_port": _PORT,
+        "admin_port": _PORT,
+        # gRPC's message size is an int32; larger would wrap.
+        "max_request_bytes": Range(1024, 2**31 - 1),
+        "gpu_device_id": Range(0, MAX_GPU_ID),
+        # Threads beyond the cores only contend; 0 lets the server size them.
+        "intra_op_threads": Range(0, cores),
+        "inter_op_threads": Range(0, cores),
+        "inline_execution_us": Range(0, 1_000_000),
+        "default_max_batch_size": Range(0, MAX_BATCH_SIZE),
+        "default_max_queue_size": Range(1, MAX_QUEUE_SIZE),
+        "repository_poll_secs": Range(0, _DAY, low_open=True),
+        "repository_poll_quiet_secs": Range(0, _DAY),
+        "exit_timeout_secs": Range(0, _HOUR),
+        "http_keep_alive_timeout_secs": Range(0, _HOUR, low_open=True),
+        "model_memory_budget_bytes": Range(0, 2**62),
+        "http_max_connections": Range(1, 1_000_000),
+        "grpc_max_concurrent_rpcs": Range(1, 1_000_000),
+        # HTTP/2 caps SETTINGS_MAX_CONCURRENT_STREAMS at 2**31 - 1.
+        "grpc_max_streams_per_connection": Range(1, 2**31 - 1),
+        "grpc_stream_idle_timeout_secs": Range(0, _DAY, low_open=True),
+        "http_header_timeout_secs": Range(0, _HOUR, low_open=True),
+        "drift_window": Range(1, 1_000_000),
+        "request_log_sample_rate": Range(0, 1),
+    }
+
+
+def check_ranges(settings: Settings) -> None:
+    """ValueError naming the setting, its value and its range for the first number out of range."""
+    for name, allowed in setting_ranges().items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not allowed.allows(value):
+            raise ValueError(f"{name}: {value!r} is out of range; it must be {allowed.describe()}")
+    bounds: list[float] = []
+    texts = [part.strip() for item in settings.metrics_latency_buckets for part in str(item).split(",") if part.strip()]
+    for text in texts:
+        try:
+            bound = float(text)
+        except ValueError:
+            raise ValueError(f"metrics_latency_buckets: {text!r} is not a number") from None
+        if not 0 < bound <= _DAY:
+            raise ValueError(
+                f"metrics_latency_buckets: {text!r} is out of range; each bound must be between 0 (exclusive) and 86400"
+            )
+        if bounds and bound <= bounds[-1]:
+            raise ValueError(f"metrics_latency_buckets: {text!r} is not above the bound before it; bounds must increase")
+        bounds.append(bound)
 
 
 def setting_fields() -> list[dataclasses.Field[Any]]:

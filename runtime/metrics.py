@@ -579,15 +579,22 @@ def _first_file(info: VersionInfo, filename: str) -> Path:
 
 
 def _read_labels(info: VersionInfo, filename: str) -> list[str]:
+    # The same rule as the load's (paths.inside): a name that leads outside is never opened.
+    from runtime.errors import ModelLoadError
+    from runtime.repository.paths import inside
+
     for base in (info.model_dir, info.version_dir):
-        path = base / filename
+        try:
+            path = inside(base, filename, f"model {info.name!r}: label_filename")
+        except ModelLoadError as exc:
+            raise MonitoringError(exc.message) from None
         if path.is_file():
             lines = path.read_text(errors="replace").splitlines()
             while lines and not lines[-1].strip():
                 lines.pop()
             return [line.strip() for line in lines[:MAX_CLASSES]]
     raise MonitoringError(
-        f"label_filename {filename!r} is in neither {info.model_dir} nor {info.version_dir}"
+        f"model {info.name!r}: label_filename {filename!r} is in neither the model nor the version directory"
     )
 
 

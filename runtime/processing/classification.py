@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.errors import InvalidInput, ModelLoadError
+from runtime.errors import InvalidInput, ModelLoadError, quoted
 from runtime.processing import kernels
 from runtime.processing.postprocess import as_rows
 from runtime.repository.model_config import ModelConfig
+from runtime.repository.paths import inside
 from runtime.types import Array, RequestedOutput
 
 if TYPE_CHECKING:
@@ -88,21 +89,24 @@ def output_labels(served: ServedModel, name: str) -> Sequence[str] | None:
 
 def config_labels(model_dir: Path, config: ModelConfig, version_dir: Path | None = None) -> dict[str, tuple[str, ...]]:
     """Output name -> labels from the outputs' label_filename: a file in the model directory (Triton's place),
-    else in the version directory. ModelLoadError if neither can be read."""
+    else in the version directory; either way it must resolve inside that directory (paths.inside).
+    ModelLoadError if neither can be read."""
     labels = {}
     for output in config.output:
         if not output.label_filename:
             continue
-        path = model_dir / output.label_filename
-        if not path.is_file() and version_dir is not None and (version_dir / output.label_filename).is_file():
-            path = version_dir / output.label_filename
+        what = f"model {config.name!r}: output {output.name!r}: label_filename"
+        candidates = [inside(model_dir, output.label_filename, what)]
+        if version_dir is not None:
+            candidates.append(inside(version_dir, output.label_filename, what, "version directory"))
+        path = next((p for p in candidates if p.is_file()), candidates[0])
         try:
             stat = path.stat()
             labels[output.name] = _read_labels(str(path), stat.st_mtime_ns, stat.st_size)
         except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             raise ModelLoadError(
-                f"model {config.name!r}: output {output.name!r}: label_filename {output.label_filename!r}: cannot read "
-                f"{path}: {exc}"
+                f"{what} {quoted(output.label_filename)}: cannot read it from the model or version directory ({reason})"
             ) from None
     return labels
 

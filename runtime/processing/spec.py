@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from runtime.errors import ModelLoadError
+from runtime.repository.paths import inside
+
 SPEC_FILENAME = "processing.json"
 
 
@@ -506,7 +509,7 @@ def _labels(f: _Fields, reader: _FileReader) -> tuple[str, ...] | None:
     try:
         labels = read_labels(path)
     except (OSError, UnicodeDecodeError) as exc:
-        raise f.error("labels", f"{path}: {exc}") from None
+        raise f.error("labels", f"{raw!r}: cannot read it ({type(exc).__name__})") from None
     if not labels:
         raise f.error("labels", f"{raw} holds no labels")
     return labels
@@ -525,13 +528,13 @@ class _FileReader:
         self.read: list[str] = []
 
     def path(self, name: str, f: _Fields, field_name: str) -> Path:
-        relative = PurePosixPath(name)
-        if relative.is_absolute() or ".." in relative.parts:
-            raise f.error(field_name, f"{name!r} must be a file name inside the version directory")
-        path = self.version_dir / relative
+        try:
+            path = inside(self.version_dir, name, f"{f.where}: field {field_name!r}", "version directory")
+        except ModelLoadError as exc:
+            raise SpecError(exc.message) from None
         if not path.is_file():
-            raise f.error(field_name, f"{path} does not exist")
-        self.read.append(str(relative))
+            raise f.error(field_name, f"{name!r}: the version directory has no such file")
+        self.read.append(str(PurePosixPath(name)))
         return path
 
     def json(self, name: str, f: _Fields, field_name: str) -> object:
@@ -539,4 +542,5 @@ class _FileReader:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise f.error(field_name, f"{path}: {exc}") from None
+            detail = str(exc) if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise f.error(field_name, f"{name!r}: cannot read it ({detail})") from None

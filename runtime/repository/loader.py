@@ -8,19 +8,22 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from runtime.backends.onnx import CUDA, OnnxBackend, SessionSpec, cuda_available, default_intra_op_threads
 from runtime.config import GraphOptimizationLevel, Settings
-from runtime.errors import InvalidInput, ModelLoadError
+from runtime.errors import InvalidInput, ModelLoadError, quoted
 from runtime.model import ServedModel
 from runtime.observer import Observer
 from runtime.processing import load_processing
+from runtime.repository import limits
 from runtime.repository import model_config as mcfg
+from runtime.repository.paths import inside
 from runtime.repository.store import ModelDir
 from runtime.server._pb import model_config_pb2 as mc
-from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_NUMPY
+from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_NUMPY, Array
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,11 @@ class VersionFingerprint:
 
 
 def select_versions(model_dir: ModelDir, config: mc.ModelConfig, allowed: set[int] | None = None) -> list[int]:
-    """The versions the config's version_policy selects among those on disk (and `allowed`)."""
+    """The versions the config's version_policy selects among those on disk (and `allowed`).
+
+    Checks every numeric field's range first (limits.py): this is the first look at a declared config.
+    """
+    limits.check(config, f"model {model_dir.name!r}")
     available = [v for v in model_dir.versions() if allowed is None or v in allowed]
     if not available:
         raise ModelLoadError(f"model {model_dir.name!r}: no numeric version directories with a model in {model_dir.path}")
@@ -58,7 +65,22 @@ def select_versions(model_dir: ModelDir, config: mc.ModelConfig, allowed: set[in
 
 
 def model_path(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> Path:
+    """Where the model file would be, unchecked: for looking whether a version has one (the poller).
+
+    Loading reads it only through `model_file`, which refuses a name that leads outside.
+    """
     return model_dir.version_path(version) / (declared.default_model_filename or mcfg.DEFAULT_MODEL_FILENAME)
+
+
+def model_file(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> Path:
+    """The version's model file, resolved inside its version directory; ModelLoadError otherwise."""
+    filename = declared.default_model_filename or mcfg.DEFAULT_MODEL_FILENAME
+    where = f"model {model_dir.name!r} version {version}: default_model_filename"
+    # Relative to the version directory itself: an upload's version is loaded from its staging place.
+    path = inside(model_dir.version_path(version), filename, where, "version directory")
+    if not path.is_file():
+        raise ModelLoadError(f"{where} {quoted(filename)}: version directory {version} has no such file")
+    return path
 
 
 def fingerprint(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> VersionFingerprint:
@@ -99,10 +121,8 @@ def load_version(
     settings: Settings,
     observer: Observer,
 ) -> ServedModel:
-    path = model_path(model_dir, version, declared)
-    if not path.is_file():
-        raise ModelLoadError(f"model {model_dir.name!r} version {version}: {path} does not exist")
-    signature = mcfg.read_graph_signature(path)
+    path = model_file(model_dir, version, declared)
+    signature = mcfg.read_graph_signature(path, model_dir.version_path(version), f"model {model_dir.name!r} version {version}")
     config = mcfg.complete_config(
         declared,
         model_dir.name,
@@ -214,8 +234,7 @@ def _warm_up(served: ServedModel, model_dir: Path) -> None:
             shape = batch + tuple(int(d) for d in spec.dims)
             choice = spec.WhichOneof("input_data_type")
             if choice == "input_data_file":
-                raw = (model_dir / "warmup" / spec.input_data_file).read_bytes()
-                one = np.frombuffer(raw, dtype=dtype).reshape(tuple(int(d) for d in spec.dims))
+                one = _warm_up_sample(model_dir, warmup.name, name, spec, dtype)
                 inputs[name] = np.broadcast_to(one, shape).copy()
             elif dtype == object:
                 inputs[name] = np.full(shape, "", dtype=object)
@@ -225,3 +244,30 @@ def _warm_up(served: ServedModel, model_dir: Path) -> None:
                 inputs[name] = np.zeros(shape, dtype=dtype)
         for _ in range(max(1, warmup.count)):
             served.run_sync(inputs)
+
+
+def _warm_up_sample(
+    model_dir: Path, warmup: str, name: str, spec: mc.ModelWarmup.Input, dtype: np.dtype[Any]
+) -> Array:
+    """One warm-up sample from `<model>/warmup/<input_data_file>`: inside the model's directory, and exactly
+    the bytes its dims and data_type need (a larger file is not read)."""
+    what = f"model_warmup {quoted(warmup)}: input {quoted(name)}: input_data_file"
+    # Two steps, so the warmup folder may not lead outside either, and the message quotes only the given name.
+    folder = inside(model_dir, "warmup", what)
+    path = inside(folder, spec.input_data_file, what, "model's warmup directory")
+    if dtype == object:
+        raise ModelLoadError(f"{what}: BYTES samples from a file are not supported; use zero_data")
+    dims = tuple(int(d) for d in spec.dims)
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    try:
+        size = path.stat().st_size if path.is_file() else -1
+    except OSError:
+        size = -1
+    if size < 0:
+        raise ModelLoadError(f"{what} {quoted(spec.input_data_file)}: no such file in the model's warmup directory")
+    if size != expected:
+        raise ModelLoadError(
+            f"{what} {quoted(spec.input_data_file)} holds {size} bytes; dims {list(dims)} of "
+            f"{mc.DataType.Name(spec.data_type)} need {expected}"
+        )
+    return np.fromfile(path, dtype=dtype, count=expected // dtype.itemsize).reshape(dims)

@@ -5,6 +5,7 @@ implements. A field we do not implement is a load error that names it, never sil
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ import onnx
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import json_format, text_format
 
-from runtime.errors import ModelLoadError
+from runtime.errors import ModelLoadError, quoted
+from runtime.repository import limits
+from runtime.repository.paths import inside
 from runtime.server._pb import model_config_pb2 as mc
 from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG, TensorSpec
 
@@ -87,16 +90,49 @@ def config_from_json(obj: Any, source: str) -> mc.ModelConfig:
     return config
 
 
-def read_graph_signature(model_path: Path) -> GraphSignature:
+def read_graph_signature(model_path: Path, version_dir: Path | None = None, where: str = "") -> GraphSignature:
+    """The graph's inputs and outputs. With `version_dir`, also refuses external data (weights in other
+    files, which ONNX Runtime reads by the name the model file gives) that lies outside it."""
     try:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, OSError, ValueError...
         raise ModelLoadError(f"{model_path}: not a readable ONNX model: {exc}") from None
     graph = model.graph
+    if version_dir is not None:
+        _check_external_data(graph, model_path, version_dir, where or model_path.name)
     initializers = {init.name for init in graph.initializer}
     inputs = tuple(_graph_tensor(v, model_path) for v in graph.input if v.name not in initializers)
     outputs = tuple(_graph_tensor(v, model_path) for v in graph.output)
     return GraphSignature(inputs, outputs)
+
+
+def _check_external_data(graph: onnx.GraphProto, model_path: Path, version_dir: Path, where: str) -> None:
+    # ONNX Runtime reads a location relative to the model file's own folder.
+    folder = Path(os.path.realpath(model_path)).parent.relative_to(os.path.realpath(version_dir)).as_posix()
+    for tensor in _graph_tensors(graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        what = f"{where}: initializer {quoted(tensor.name)}: external data location"
+        relative = location if folder == "." or location.startswith("/") else f"{folder}/{location}"
+        inside(version_dir, relative, what)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers, sparse ones, node attributes, and those of subgraphs."""
+    found = [*graph.initializer]
+    for sparse in graph.sparse_initializer:
+        found += [sparse.values, sparse.indices]
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                found.append(attribute.t)
+            found += list(attribute.tensors)
+            if attribute.HasField("g"):
+                found += _graph_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                found += _graph_tensors(subgraph)
+    return found
 
 
 def _graph_tensor(value: onnx.ValueInfoProto, model_path: Path) -> GraphTensor:
@@ -135,8 +171,7 @@ def complete_config(
         raise ModelLoadError(f"{where}: config.pbtxt must list every input and output (auto-complete is disabled)")
     done.platform = "onnxruntime_onnx"
     done.backend = "onnxruntime"
-    if done.max_batch_size < 0:
-        raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {done.max_batch_size}")
+    limits.check(done, where)
 
     graph_batchable = _graph_has_batch_dim(signature)
     if not config.input and not config.output and config.max_batch_size == 0 and auto_complete:
@@ -153,7 +188,8 @@ def complete_config(
 
     _complete_tensors(done.input, signature.inputs, skip, where, "input", auto_complete)
     _complete_tensors(done.output, signature.outputs, skip, where, "output", auto_complete)
-    _check_versions_and_groups(done, where)
+    _check_groups(done, where)
+    limits.check(done, where)  # again: completion filled dims and max_batch_size from the graph
     return done
 
 
@@ -227,27 +263,11 @@ def _dims_compatible(config_dims: tuple[int, ...], model_dims: tuple[int, ...]) 
     return all(c == m or m == -1 for c, m in zip(config_dims, model_dims))
 
 
-def _check_versions_and_groups(config: mc.ModelConfig, where: str) -> None:
+def _check_groups(config: mc.ModelConfig, where: str) -> None:
+    """Ranges are limits.check's; this refuses what we do not implement."""
     for group in config.instance_group:
-        if group.count < 0:
-            raise ModelLoadError(f"{where}: instance_group count must be >= 0, got {group.count}")
         if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
             raise ModelLoadError(f"{where}: instance_group kind KIND_MODEL is not supported")
-    batching = config.dynamic_batching if config.HasField("dynamic_batching") else None
-    if batching is not None:
-        for size in batching.preferred_batch_size:
-            if size <= 0 or (config.max_batch_size and size > config.max_batch_size):
-                raise ModelLoadError(
-                    f"{where}: preferred_batch_size {size} must be between 1 and max_batch_size {config.max_batch_size}"
-                )
-        if batching.priority_levels and not (1 <= batching.default_priority_level <= batching.priority_levels):
-            if batching.default_priority_level != 0:
-                raise ModelLoadError(
-                    f"{where}: default_priority_level {batching.default_priority_level} is outside 1..{batching.priority_levels}"
-                )
-        for level in batching.priority_queue_policy:
-            if not 1 <= level <= batching.priority_levels:
-                raise ModelLoadError(f"{where}: priority_queue_policy names level {level} outside 1..{batching.priority_levels}")
 
 
 def instance_count(config: mc.ModelConfig) -> int:
