@@ -4,7 +4,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import onnxruntime as ort
 
+from runtime.config import available_cores
 from runtime.errors import ExecutionError, InvalidInput, ModelLoadError
 from runtime.types import Array
 
@@ -225,5 +225,5 @@ def _has_string_tensors(session: ort.InferenceSession) -> bool:
 
 
 def default_intra_op_threads(instance_count: int) -> int:
-    cores = os.cpu_count() or 1
+    cores = available_cores()  # the same count the config limits use
     return max(1, cores // 2 // max(1, instance_count))

@@ -131,6 +131,7 @@ def load_version(
         auto_complete=not settings.disable_auto_complete_config,
     )
     backend = OnnxBackend(session_spec(config, path, settings))
+    served: ServedModel | None = None
     try:
         _record_instance_groups(config, "cuda" if CUDA in backend.providers else "cpu")
         processing = load_processing(model_dir.path, model_dir.version_path(version), config)
@@ -149,7 +150,11 @@ def load_version(
         except Exception as exc:
             raise ModelLoadError(f"{served.label}: warm-up failed: {exc}") from None
     except BaseException:
-        backend.close()
+        # A version that never served: its instance threads (if it got that far) and sessions go now.
+        if served is not None:
+            served.discard()
+        else:
+            backend.close()
         raise
     return served
 

@@ -219,11 +219,6 @@ def test_thread_k_of_n_failing_is_resource_exhausted_and_frees_everything(
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs runtime/repository/loader.py load_version to call served.discard() when warm-up fails "
-    "(today it closes only the backend); remove this mark with that change",
-)
 def test_warm_up_failing_after_the_threads_started_frees_them(
     repo: Path, monkeypatch: pytest.MonkeyPatch, no_gc: None
 ) -> None:
