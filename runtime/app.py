@@ -82,12 +82,13 @@ def _log_poller_end(task: asyncio.Task[None]) -> None:
 async def serve(settings: Settings) -> int:
     # Imported here so `model-runtime --version` and `--help` stay fast.
     from runtime import metrics
-    from runtime.server.grpc import GrpcServer
     from starlette.applications import Starlette
 
+    from runtime.admin import Admin
     from runtime.server import repository, stats
-    from runtime.server.http import AsgiServer, http_server, openapi_route
-    from runtime.server.repository import Admin
+    from runtime.server.asgi import AsgiServer
+    from runtime.server.grpc.server import GrpcServer
+    from runtime.server.http.app import http_server, openapi_route
 
     if settings.model_repository is None:
         from runtime.examples import write_example_repository

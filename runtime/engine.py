@@ -8,15 +8,16 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from runtime import SERVER_NAME, __version__
+from runtime import SERVER_NAME, __version__, statistics
 from runtime.errors import InvalidInput
 from runtime.model import ModelState, ServedModel
 from runtime.observer import SUCCESS, NullObserver, Observer, outcome_of
 from runtime.processing import classify_outputs, public_config
 from runtime.repository.model_config import ModelConfig
 from runtime.repository.registry import ModelRegistry, VersionRecord
+from runtime.statistics import ModelStatistics
 from runtime.types import InferRequest, InferResponse, TensorSpec
-from runtime.validate import validate_request
+from runtime.validate import select_outputs, validate_request
 
 # Protocol extensions we implement (GET /v2 and ServerMetadata list them; clients probe them).
 EXTENSIONS = ["model_configuration", "binary_tensor_data", "model_repository", "classification", "statistics"]
@@ -50,10 +51,14 @@ class Engine:
     def stop_accepting(self) -> None:
         self._accepting = False
 
-    def model_ready(self, name: str, version: str = "") -> bool:
+    def model_ready(self, name: str, version: str = "", *, strict: bool = False) -> bool:
+        """Whether that version serves; an unknown model or version is not ready, or with `strict`
+        raises the registry's error (ModelNotFound) instead."""
         try:
             record = self.registry.record(name, version)
         except Exception:
+            if strict:
+                raise
             return False
         return record.state is ModelState.READY
 
@@ -81,6 +86,10 @@ class Engine:
     def index(self) -> list[VersionRecord]:
         return self.registry.records()
 
+    def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
+        """Triton's statistics extension: every loaded version, one model's, or one version's counters."""
+        return statistics.statistics(self.registry, name, version)
+
     # ---- inference --------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -103,9 +112,9 @@ class Engine:
             served.outputs,
             served.max_batch_size,
             request.inputs,
-            request.requested_outputs,
             served.optional_inputs,
         )
+        selection = select_outputs(served.label, served.outputs, request.requested_outputs)
         if served.processing is not None:
             # Decoding and resizing images takes milliseconds; the kernels release the GIL.
             validated = await asyncio.to_thread(served.prepare, validated)
@@ -120,15 +129,16 @@ class Engine:
             raise
         served.stats.success.add(time.perf_counter_ns() - started)
         outputs = served.finish(outputs)
-        outputs = classify_outputs(served, request.requested_outputs, outputs)  # Triton's classification extension
-        if request.requested_outputs:
-            outputs = {o.name: outputs[o.name] for o in request.requested_outputs}
+        if selection.classified:  # Triton's classification extension
+            outputs = classify_outputs(served, selection.classified, outputs)
+        if selection.wanted is not None:
+            outputs = {name: outputs[name] for name in selection.wanted}
         return InferResponse(
             model_name=served.name,
             model_version=str(served.version),
             outputs=outputs,
             id=request.id,
-            requested_outputs=request.requested_outputs,
+            requested_outputs=selection.wanted,
         )
 
 

@@ -64,7 +64,8 @@ class RequestedOutput:
 
     name: str
     binary: bool | None = None  # HTTP binary extension; None: the request's default
-    classification: int = 0  # Triton classification extension: top-k as "score:index[:label]"
+    # Triton classification extension: top-k as "score:index[:label]"; parsed by validate.classification_count
+    classification: int = 0
 
 
 @dataclass(slots=True)
@@ -89,7 +90,7 @@ class InferResponse:
     outputs: dict[str, Array]  # in the order the client should see them
     id: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
-    requested_outputs: list[RequestedOutput] | None = None
+    requested_outputs: dict[str, RequestedOutput] | None = None  # by name; None: all outputs, no wishes
 
 
 @dataclass(slots=True, frozen=True)

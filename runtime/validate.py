@@ -22,7 +22,6 @@ def validate_request(
     output_specs: Sequence[TensorSpec],
     max_batch_size: int,
     inputs: dict[str, Array],
-    requested: list[RequestedOutput] | None,
     optional: frozenset[str] = frozenset(),
 ) -> Validated:
     """`label` names the model and version in every message, e.g. "model 'mlp' version 1"."""
@@ -71,14 +70,45 @@ def validate_request(
         ordered[spec.name] = array
 
     output_names = [spec.name for spec in output_specs]
-    if requested:
-        known = set(output_names)
-        for output in requested:
-            if output.name not in known:
-                raise InvalidInput(
-                    f"{label}: unknown output {quoted(output.name)} requested; the model's outputs are {', '.join(output_names)}"
-                )
     return Validated(ordered, rows or 1, tuple(group), output_names)
+
+
+def classification_count(value: object, output: str) -> int:
+    """An output's `classification` parameter, the one rule for every transport: a non-negative integer
+    (0: an ordinary tensor). Strings (even "3"), booleans, fractions and null are refused, as Triton does
+    (HTTP: a JSON unsigned integer; gRPC: an integer parameter)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(
+            f"output {quoted(output)}: parameter 'classification' must be a non-negative integer, got {quoted(value)}"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSelection:
+    """The outputs a request asks for, checked against the model's in one walk of the request's list."""
+
+    wanted: dict[str, RequestedOutput] | None  # in the client's order; None: every output, in the model's
+    classified: list[RequestedOutput]  # those asking for Triton's classification extension
+
+
+def select_outputs(label: str, output_specs: Sequence[TensorSpec], requested: list[RequestedOutput] | None) -> OutputSelection:
+    """`label` names the model and version in the message for an unknown output."""
+    if not requested:
+        return OutputSelection(None, [])
+    known = {spec.name for spec in output_specs}
+    wanted: dict[str, RequestedOutput] = {}
+    classified: list[RequestedOutput] = []
+    for output in requested:
+        if output.name not in known:
+            raise InvalidInput(
+                f"{label}: unknown output {quoted(output.name)} requested; the model's outputs are "
+                f"{', '.join(spec.name for spec in output_specs)}"
+            )
+        wanted[output.name] = output
+        if output.classification:
+            classified.append(output)
+    return OutputSelection(wanted, classified)
 
 
 def _shape_matches(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:

@@ -1,5 +1,5 @@
 """Fuzzing: every request decoder takes any input and answers only InvalidInput (CodecError below it);
-the HTTP API, driven by schemathesis from runtime/server/openapi.yaml, answers no 5xx but the
+the HTTP API, driven by schemathesis from runtime/server/http/openapi.yaml, answers no 5xx but the
 documented 503, never crashes and never hangs. Both bounded in examples and time.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from runtime.codec import _py
 from runtime.errors import InvalidInput
 from runtime.examples import save_model, write_example_repository
 from tests.models import build_identity
-from runtime.server import grpc as grpc_server
-from runtime.server import http as http_server
+from runtime.server.grpc import converters as grpc_server
+from runtime.server.http import codec as http_server
 from runtime.server._pb import grpc_service_pb2 as pb
 from runtime.tensors import array_from_json, array_from_raw
 from runtime.types import DATATYPE_TO_NUMPY
@@ -186,7 +186,7 @@ def test_split_body_only_raises_invalid_input(body: bytes, header_length: str | 
 @given(doc=infer_docs, binary=raw_buffers)
 def test_http_decode_infer_request_only_raises_invalid_input(implementation: ModuleType, doc: Any, binary: bytes) -> None:
     try:
-        request = http_server.decode_infer_request(doc, memoryview(binary), "m", "")
+        request, _ = http_server.decode_infer_request(doc, memoryview(binary), "m", "")
     except InvalidInput:
         return
     for name, array in request.inputs.items():

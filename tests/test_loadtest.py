@@ -137,17 +137,17 @@ def test_sample_from_metadata_fills_dims_and_types() -> None:
 
 
 def test_bodies_decode_with_the_servers_own_decoder() -> None:
-    from runtime.server.http import decode_infer_request, split_body
+    from runtime.server.http.codec import decode_infer_request, split_body
 
     sample = inputs.sample_from_metadata(METADATA, batch_size=3, variable_dim=2)
     body, header_length = inputs.binary_body(sample)
     doc, binary = split_body(body, str(header_length))
-    decoded = decode_infer_request(doc, binary, "m", "")
-    assert decoded.parameters == {"binary_data_output": True}
+    decoded, binary_output = decode_infer_request(doc, binary, "m", "")
+    assert binary_output is True and decoded.parameters == {}  # parameters.binary_data_output: true
     for name, array in sample.items():
         assert np.array_equal(decoded.inputs[name], array), name
     doc, binary = split_body(inputs.json_body(sample), None)
-    decoded = decode_infer_request(doc, binary, "m", "")
+    decoded, _ = decode_infer_request(doc, binary, "m", "")
     for name, array in sample.items():
         assert np.array_equal(decoded.inputs[name], array), name
 

@@ -28,7 +28,7 @@ from tests.models import build_identity
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
 from runtime.server._pb import grpc_service_pb2 as pb
-from runtime.server.grpc import GrpcServer
+from runtime.server.grpc.server import GrpcServer
 
 TIMEOUT_S = 1.0
 MAX_CONNECTIONS = 40

@@ -1,10 +1,16 @@
 """One real server for the protocol tests, over a repository that exercises every datatype."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from types import ModuleType
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from runtime.examples import save_model, write_example_repository
 from tests.models import build_identity
@@ -46,3 +52,84 @@ def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         extra_args=["--max-request-bytes", str(MAX_REQUEST_BYTES)],
     ) as running:
         yield running
+
+
+# ---- one client over either protocol -------------------------------------------------------------------
+
+STATUS = {  # what each client reports for a core error code
+    "http": {"INVALID_ARGUMENT": "400", "NOT_FOUND": "404", "UNAVAILABLE": "503", "TOO_LARGE": "413"},
+    "grpc": {
+        "INVALID_ARGUMENT": "StatusCode.INVALID_ARGUMENT",
+        "NOT_FOUND": "StatusCode.NOT_FOUND",
+        "UNAVAILABLE": "StatusCode.UNAVAILABLE",
+        "TOO_LARGE": "StatusCode.RESOURCE_EXHAUSTED",
+    },
+}
+
+
+@dataclass
+class Client:
+    """tritonclient.http or tritonclient.grpc behind one face, for tests of behaviour both protocols share."""
+
+    protocol: str  # "http" or "grpc"
+    module: ModuleType
+    triton: Any  # the module's InferenceServerClient
+
+    def input(self, name: str, data: np.ndarray, datatype: str | None = None) -> Any:
+        tensor = self.module.InferInput(name, list(data.shape), datatype or np_to_triton_dtype(data.dtype))
+        tensor.set_data_from_numpy(data)
+        return tensor
+
+    def output(self, name: str) -> Any:
+        return self.module.InferRequestedOutput(name)
+
+    def infer(self, model: str, inputs: list[Any], **kwargs: Any) -> Any:
+        return self.triton.infer(model, inputs, **kwargs)
+
+    def response_fields(self, result: Any) -> tuple[str, str, str]:
+        """(model_name, model_version, id) of an infer result."""
+        response = result.get_response()
+        if self.protocol == "http":
+            return response["model_name"], response["model_version"], response.get("id", "")
+        return response.model_name, response.model_version, response.id
+
+    def server_metadata(self) -> dict[str, Any]:
+        metadata = self.triton.get_server_metadata()
+        if self.protocol == "http":
+            return {"name": metadata["name"], "extensions": list(metadata["extensions"])}
+        return {"name": metadata.name, "extensions": list(metadata.extensions)}
+
+    def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        """name, versions, platform, and inputs and outputs as (name, datatype, shape)."""
+        metadata = self.triton.get_model_metadata(model, version)
+        if self.protocol == "http":
+            tensors = {key: [(t["name"], t["datatype"], list(t["shape"])) for t in metadata[key]] for key in ("inputs", "outputs")}
+            return {"name": metadata["name"], "versions": list(metadata["versions"]), "platform": metadata["platform"], **tensors}
+        tensors = {key: [(t.name, t.datatype, list(t.shape)) for t in getattr(metadata, key)] for key in ("inputs", "outputs")}
+        return {"name": metadata.name, "versions": list(metadata.versions), "platform": metadata.platform, **tensors}
+
+    def model_config(self, model: str) -> dict[str, Any]:
+        """The configuration as JSON (protobuf's JSON names; gRPC's int64 fields come back as strings)."""
+        if self.protocol == "http":
+            config: dict[str, Any] = self.triton.get_model_config(model)
+            return config
+        config = self.triton.get_model_config(model, as_json=True)["config"]
+        return config
+
+    def expect_error(self, call: Callable[[], Any], code: str, *fragments: str) -> str:
+        """`call` fails with the core error `code` (INVALID_ARGUMENT, NOT_FOUND, ...) naming every fragment."""
+        with pytest.raises(InferenceServerException) as caught:
+            call()
+        message = caught.value.message()
+        assert str(caught.value.status()) == STATUS[self.protocol][code], f"{caught.value.status()}: {message}"
+        for fragment in fragments:
+            assert fragment in message, f"{fragment!r} not in {message!r}"
+        return message
+
+
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def either(request: pytest.FixtureRequest, server: RunningServer) -> Client:
+    """The same tests over HTTP and gRPC (ids `http` and `grpc`)."""
+    if request.param == "http":
+        return Client("http", httpclient, httpclient.InferenceServerClient(server.http_url))
+    return Client("grpc", grpcclient, grpcclient.InferenceServerClient(server.grpc_url))

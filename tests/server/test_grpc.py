@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import queue
-from functools import partial
 
 import grpc
 import numpy as np
@@ -12,8 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.serving import RunningServer
-from tests.server.conftest import DATATYPES, MAX_REQUEST_BYTES, identity_name
-from tests.server.sample_data import sample_array
+from tests.server.conftest import MAX_REQUEST_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -45,82 +43,12 @@ def expect_error(call, code: str, *fragments: str) -> str:  # type: ignore[no-un
     return message
 
 
-def test_health(client: grpcclient.InferenceServerClient) -> None:
-    assert client.is_server_live()
-    assert client.is_server_ready()
-
-
 def test_standard_grpc_health(server: RunningServer) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "inference.GRPCInferenceService"):
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def test_server_metadata(client: grpcclient.InferenceServerClient) -> None:
-    metadata = client.get_server_metadata()
-    assert metadata.name == "model-runtime"
-    assert "binary_tensor_data" in metadata.extensions
-
-
-def test_model_metadata(client: grpcclient.InferenceServerClient) -> None:
-    metadata = client.get_model_metadata("simple")
-    assert metadata.name == "simple"
-    assert list(metadata.versions) == ["1"]
-    assert metadata.platform == "onnxruntime_onnx"
-    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
-        ("INPUT0", "INT32", [-1, 16]),
-        ("INPUT1", "INT32", [-1, 16]),
-    ]
-
-
-def test_model_ready(client: grpcclient.InferenceServerClient) -> None:
-    assert client.is_model_ready("simple")
-    assert client.is_model_ready("versioned", "1")
-    assert not client.is_model_ready("nope")
-    assert not client.is_model_ready("corrupt")
-
-
-def test_model_config(client: grpcclient.InferenceServerClient) -> None:
-    config = client.get_model_config("mlp").config
-    assert config.name == "mlp"
-    assert config.max_batch_size == 32
-    assert config.input[0].name == "INPUT"
-    assert list(config.input[0].dims) == [16]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 500
-    as_json = client.get_model_config("simple", as_json=True)["config"]
-    assert as_json["max_batch_size"] == 8
-
-
-def test_infer_simple(client: grpcclient.InferenceServerClient) -> None:
-    inputs, a, b = simple_inputs()
-    result = client.infer("simple", inputs, request_id="r1")
-    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
-    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
-    response = result.get_response()
-    assert response.model_name == "simple" and response.model_version == "1" and response.id == "r1"
-
-
-def test_requested_output_subset(client: grpcclient.InferenceServerClient) -> None:
-    inputs, a, b = simple_inputs()
-    result = client.infer("simple", inputs, outputs=[grpcclient.InferRequestedOutput("OUTPUT1")])
-    assert result.as_numpy("OUTPUT0") is None
-    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
-
-
-@pytest.mark.parametrize("datatype", DATATYPES)
-def test_every_datatype_round_trips(client: grpcclient.InferenceServerClient, datatype: str) -> None:
-    data = sample_array(datatype, (2, 7))
-    tensor = grpcclient.InferInput("INPUT0", list(data.shape), datatype)
-    tensor.set_data_from_numpy(data)
-    got = client.infer(identity_name(datatype), [tensor]).as_numpy("OUTPUT0")
-    assert got.shape == data.shape
-    if datatype == "BYTES":
-        assert [bytes(x) for x in got.ravel()] == [bytes(x) for x in data.ravel()]
-    else:
-        assert got.dtype == data.dtype
-        np.testing.assert_array_equal(got, data)
 
 
 def test_stream_infer(client: grpcclient.InferenceServerClient) -> None:
@@ -149,32 +77,6 @@ def test_stream_infer(client: grpcclient.InferenceServerClient) -> None:
     for key, array in seen.items():
         np.testing.assert_array_equal(array, np.full((1, 4), float(key), dtype=np.float32))
     assert len(errors) == 1 and "INT32" in errors[0]
-
-
-def test_unknown_model(client: grpcclient.InferenceServerClient) -> None:
-    inputs, _, _ = simple_inputs()
-    expect_error(lambda: client.infer("nope", inputs), "StatusCode.NOT_FOUND", "unknown model 'nope'")
-    expect_error(lambda: client.infer("simple", inputs, model_version="4"), "StatusCode.NOT_FOUND", "no version 4")
-    assert_still_serving(client)
-
-
-def test_missing_and_extra_inputs(client: grpcclient.InferenceServerClient) -> None:
-    inputs, _, _ = simple_inputs()
-    expect_error(lambda: client.infer("simple", inputs[:1]), "StatusCode.INVALID_ARGUMENT", "missing input 'INPUT1'")
-    extra = grpcclient.InferInput("EXTRA", [1, 16], "INT32")
-    extra.set_data_from_numpy(np.zeros((1, 16), dtype=np.int32))
-    expect_error(lambda: client.infer("simple", [*inputs, extra]), "StatusCode.INVALID_ARGUMENT", "'EXTRA'")
-
-
-def test_wrong_datatype_and_shape(client: grpcclient.InferenceServerClient) -> None:
-    inputs, _, _ = simple_inputs()
-    wrong = grpcclient.InferInput("INPUT1", [1, 16], "FP32")
-    wrong.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))
-    expect_error(lambda: client.infer("simple", [inputs[0], wrong]), "StatusCode.INVALID_ARGUMENT", "FP32", "INT32")
-    short = [grpcclient.InferInput(n, [1, 4], "INT32") for n in ("INPUT0", "INPUT1")]
-    for tensor in short:
-        tensor.set_data_from_numpy(np.zeros((1, 4), dtype=np.int32))
-    expect_error(lambda: client.infer("simple", short), "StatusCode.INVALID_ARGUMENT", "shape [1, 4]")
 
 
 def test_raw_size_not_matching_shape(server: RunningServer) -> None:
@@ -234,7 +136,3 @@ def test_oversized_message(server: RunningServer, client: grpcclient.InferenceSe
     assert_still_serving(client)
 
 
-def test_corrupt_model_unavailable(client: grpcclient.InferenceServerClient) -> None:
-    tensor = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
-    tensor.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
-    expect_error(lambda: client.infer("corrupt", [tensor]), "StatusCode.UNAVAILABLE", "not a readable ONNX model")

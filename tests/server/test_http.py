@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
 from tests.serving import RunningServer
 from tests.server.conftest import DATATYPES, MAX_REQUEST_BYTES, identity_name
@@ -61,55 +61,14 @@ def expect_error(call, status: int, *fragments: str) -> str:  # type: ignore[no-
 # ---- health and metadata -----------------------------------------------------------------------
 
 
-def test_health(client: httpclient.InferenceServerClient) -> None:
-    assert client.is_server_live()
-    assert client.is_server_ready()
-
-
-def test_server_metadata(client: httpclient.InferenceServerClient) -> None:
-    metadata = client.get_server_metadata()
-    assert metadata["name"] == "model-runtime"
-    assert "binary_tensor_data" in metadata["extensions"]
-    assert "model_configuration" in metadata["extensions"]
-
-
-def test_model_metadata(client: httpclient.InferenceServerClient) -> None:
-    metadata = client.get_model_metadata("simple")
-    assert metadata["name"] == "simple"
-    assert metadata["versions"] == ["1"]
-    assert metadata["platform"] == "onnxruntime_onnx"
-    assert metadata["inputs"] == [
-        {"name": "INPUT0", "datatype": "INT32", "shape": [-1, 16]},
-        {"name": "INPUT1", "datatype": "INT32", "shape": [-1, 16]},
-    ]
-    assert [o["name"] for o in metadata["outputs"]] == ["OUTPUT0", "OUTPUT1"]
-    assert metadata["parameters"]["execution_providers"] == "CPUExecutionProvider"
+def test_model_metadata_names_execution_providers(client: httpclient.InferenceServerClient) -> None:
+    """The rest of the metadata: tests/server/test_protocols.py, over both protocols."""
+    assert client.get_model_metadata("simple")["parameters"]["execution_providers"] == "CPUExecutionProvider"
 
 
 def test_model_metadata_by_version(client: httpclient.InferenceServerClient) -> None:
     assert client.get_model_metadata("versioned")["versions"] == ["1", "2"]
     assert client.get_model_metadata("versioned", "1")["versions"] == ["1"]
-
-
-def test_model_ready(client: httpclient.InferenceServerClient) -> None:
-    assert client.is_model_ready("simple")
-    assert client.is_model_ready("versioned", "1")
-    assert not client.is_model_ready("versioned", "7")
-    assert not client.is_model_ready("no_such_model")
-    assert not client.is_model_ready("corrupt")
-
-
-def test_model_config(client: httpclient.InferenceServerClient) -> None:
-    config = client.get_model_config("simple")
-    assert config["name"] == "simple"
-    assert config["max_batch_size"] == 8
-    assert config["input"][0] == {
-        **config["input"][0],
-        "name": "INPUT0",
-        "data_type": "TYPE_INT32",
-        "dims": [16],
-    }
-    assert config["instance_group"][0]["kind"] == "KIND_CPU"
 
 
 def test_auto_completed_config(client: httpclient.InferenceServerClient) -> None:
@@ -125,7 +84,7 @@ def test_auto_completed_config(client: httpclient.InferenceServerClient) -> None
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_infer_simple(client: httpclient.InferenceServerClient, binary: bool) -> None:
+def test_infer_simple_binary_or_json(client: httpclient.InferenceServerClient, binary: bool) -> None:
     inputs, a, b = simple_inputs(binary)
     outputs = [
         httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary),
@@ -138,13 +97,6 @@ def test_infer_simple(client: httpclient.InferenceServerClient, binary: bool) ->
     assert response["model_name"] == "simple"
     assert response["model_version"] == "1"
     assert response["id"] == "req-7"
-
-
-def test_requested_output_subset(client: httpclient.InferenceServerClient) -> None:
-    inputs, a, b = simple_inputs()
-    result = client.infer("simple", inputs, outputs=[httpclient.InferRequestedOutput("OUTPUT1")])
-    assert result.as_numpy("OUTPUT0") is None
-    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
 
 
 def test_mixed_binary_and_json_outputs(client: httpclient.InferenceServerClient) -> None:
@@ -193,7 +145,7 @@ def test_gzip_request_body(client: httpclient.InferenceServerClient) -> None:
 
 @pytest.mark.parametrize("datatype", DATATYPES)
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_every_datatype_round_trips(client: httpclient.InferenceServerClient, datatype: str, binary: bool) -> None:
+def test_every_datatype_round_trips_binary_or_json(client: httpclient.InferenceServerClient, datatype: str, binary: bool) -> None:
     data = sample_array(datatype, (3, 5))
     tensor = httpclient.InferInput("INPUT0", list(data.shape), datatype)
     tensor.set_data_from_numpy(data, binary_data=binary)
@@ -229,47 +181,6 @@ def test_text_model_lowercases(client: httpclient.InferenceServerClient) -> None
 
 
 # ---- bad input ----------------------------------------------------------------------------------
-
-
-def test_unknown_model(client: httpclient.InferenceServerClient) -> None:
-    inputs, _, _ = simple_inputs()
-    expect_error(lambda: client.infer("nope", inputs), 404, "unknown model 'nope'")
-    expect_error(lambda: client.get_model_metadata("nope"), 404, "nope")
-    assert_still_serving(client)
-
-
-def test_unknown_version(client: httpclient.InferenceServerClient) -> None:
-    inputs, _, _ = simple_inputs()
-    expect_error(lambda: client.infer("simple", inputs, model_version="3"), 404, "no version 3", "available: 1")
-
-
-def test_missing_input(client: httpclient.InferenceServerClient) -> None:
-    inputs, _, _ = simple_inputs()
-    expect_error(lambda: client.infer("simple", inputs[:1]), 400, "missing input 'INPUT1'", "'simple'")
-    assert_still_serving(client)
-
-
-def test_extra_input(client: httpclient.InferenceServerClient) -> None:
-    inputs, _, _ = simple_inputs()
-    extra = httpclient.InferInput("INPUT9", [1, 16], "INT32")
-    extra.set_data_from_numpy(np.zeros((1, 16), dtype=np.int32))
-    expect_error(lambda: client.infer("simple", [*inputs, extra]), 400, "unexpected input 'INPUT9'")
-
-
-def test_wrong_datatype(client: httpclient.InferenceServerClient) -> None:
-    inputs, _, _ = simple_inputs()
-    wrong = httpclient.InferInput("INPUT1", [1, 16], "FP32")
-    wrong.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))
-    expect_error(lambda: client.infer("simple", [inputs[0], wrong]), 400, "'INPUT1'", "FP32", "INT32")
-
-
-def test_shape_not_matching_model_dims(client: httpclient.InferenceServerClient) -> None:
-    tensors = []
-    for name in ("INPUT0", "INPUT1"):
-        tensor = httpclient.InferInput(name, [1, 8], "INT32")
-        tensor.set_data_from_numpy(np.zeros((1, 8), dtype=np.int32))
-        tensors.append(tensor)
-    expect_error(lambda: client.infer("simple", tensors), 400, "'INPUT0'", "shape [1, 8]", "16")
 
 
 def test_batch_over_max_batch_size(client: httpclient.InferenceServerClient) -> None:
@@ -364,13 +275,6 @@ def test_oversized_after_decompression(server: RunningServer) -> None:
     status, raw = raw_request(server, "POST", "/v2/models/simple/infer", bomb, {"Content-Encoding": "gzip"})
     assert status == 413
     assert "decompressed" in json.loads(raw)["error"]
-
-
-def test_corrupt_model_fails_alone(client: httpclient.InferenceServerClient) -> None:
-    tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
-    tensor.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
-    expect_error(lambda: client.infer("corrupt", [tensor]), 503, "corrupt", "not a readable ONNX model")
-    assert_still_serving(client)
 
 
 def test_unsupported_config_field_is_named(client: httpclient.InferenceServerClient) -> None:

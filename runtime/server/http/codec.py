@@ -1,0 +1,300 @@
+"""The V2 JSON and binary-tensor codec: request bodies -> `InferRequest`, `InferResponse` -> bodies."""
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from runtime import codec
+from runtime.errors import InvalidInput, PayloadTooLarge, quoted
+from runtime.server.http.responses import JSON, NUMPY_JSON
+from runtime.tensors import array_from_json, array_from_raw, raw_from_array
+from runtime.types import DATATYPE_TO_NUMPY, Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
+from runtime.validate import classification_count
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+# ---- request decoding ---------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and _digits(declared) and (len(declared) > 19 or int(declared) > limit):
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        body = _decompress(body, encoding, limit)
+    elif encoding not in ("", "identity"):
+        raise InvalidInput(f"unsupported Content-Encoding {quoted(encoding)} (use gzip or deflate)")
+    return body
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """The decompressed body; a stream that is corrupt or ends early is named as such, not as bad JSON."""
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:  # a gzip body may be several members one after another (RFC 1952); each is checked
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            data = decompressor.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise InvalidInput(f"the {encoding} request body is corrupt: {exc}") from None
+        size += len(data)
+        if size > limit or decompressor.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+        if not decompressor.eof:
+            raise InvalidInput(
+                f"the {encoding} request body is truncated: its compressed stream ends after {len(body)} bytes"
+            )
+        parts.append(data)
+        rest = decompressor.unused_data
+        if not rest:
+            return b"".join(parts)
+        if encoding != "gzip":
+            raise InvalidInput(f"the {encoding} request body is corrupt: {len(rest)} bytes follow the end of its stream")
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²' and other digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
+    """The JSON header as an object, and the binary section after it (empty without the extension)."""
+    if header_length is None:
+        json_part, binary = memoryview(body), memoryview(b"")
+    else:
+        if not _digits(header_length) or len(header_length) > 19:
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {quoted(header_length)} is not a non-negative integer"
+            )
+        length = int(header_length)
+        if length > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {length} is past the end of the {len(body)}-byte body"
+            )
+        view = memoryview(body)
+        json_part, binary = view[:length], view[length:]
+    try:
+        return orjson.loads(json_part), binary
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    if error.msg.startswith(("recursion limit", "depth limit")):
+        raise _too_deep(bytes(json_part)) from None
+    # NaN, Infinity and -Infinity are not JSON, but Triton's clients write them for float data
+    # (perf_analyzer's random inputs do) and Triton reads them; the stdlib parser does too.
+    try:
+        return json.loads(bytes(json_part)), binary
+    except RecursionError:  # the stdlib parser recurses per level: deep nesting plus a NaN gets here
+        raise _too_deep(bytes(json_part)) from None
+    except ValueError:
+        near = bytes(json_part[max(0, error.pos - 20) : error.pos + 20]).decode("utf-8", "replace")
+        raise InvalidInput(f"malformed JSON in request body: {error} (near {quoted(near)})") from None
+
+
+# No V2 request nests deeper than this: a tensor's data has at most 64 levels (codec.MAX_DEPTH),
+# inside the body, 'inputs' and the input object.
+_JSON_MAX_DEPTH = 128
+_JSON_TOKEN = re.compile(rb'["\[\]{}:,]')
+_JSON_STRING_REST = re.compile(rb'(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _too_deep(text: bytes) -> InvalidInput:
+    """The error for JSON nested past what a parser takes, naming the tensor whose data it is.
+
+    A scan of the structural characters only (strings are skipped whole by a regex) up to the first
+    point deeper than _JSON_MAX_DEPTH: no recursion, and no cost beyond that point.
+    """
+    stack: list[list[Any]] = []  # ["{", key, name] or ["[", index]
+    after_colon = False
+    pos = 0
+    while (match := _JSON_TOKEN.search(text, pos)) is not None:
+        char, pos = match.group(), match.end()
+        top = stack[-1] if stack else None
+        if char == b'"':
+            end = _JSON_STRING_REST.match(text, pos)
+            if end is None:
+                break
+            if top is not None and top[0] == "{":
+                value = _json_string(text[pos - 1 : end.end()])
+                if not after_colon:
+                    top[1] = value
+                elif top[1] == "name":
+                    top[2] = value
+            pos = end.end()
+        elif char == b":":
+            after_colon = True
+            continue
+        elif char == b",":
+            if top is not None and top[0] == "[":
+                top[1] += 1
+        elif char in (b"{", b"["):
+            stack.append(["{", None, None] if char == b"{" else ["[", 0])
+            if len(stack) > _JSON_MAX_DEPTH:
+                break
+        elif stack:
+            stack.pop()
+        after_colon = False
+    where = "the request body"
+    if len(stack) > 3 and stack[0][1] in ("inputs", "outputs") and stack[1][0] == "[" and stack[2][0] == "{":
+        kind = stack[0][1][:-1]
+        name = stack[2][2]
+        where = f"{kind} {quoted(name)}" if isinstance(name, str) else f"{stack[0][1]}[{stack[1][1]}]"
+        if stack[2][1] is not None:
+            where += f": {quoted(stack[2][1])}"
+    return InvalidInput(f"{where} is JSON nested deeper than {_JSON_MAX_DEPTH} levels (a tensor's data has at most 64)")
+
+
+def _json_string(token: bytes) -> str | None:
+    try:
+        value = orjson.loads(token)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InvalidInput(f"{what} must be a JSON {_JSON_NAMES.get(names, names)}")
+    return value
+
+
+_JSON_NAMES = {"dict": "object", "list": "array", "str": "string", "int": "integer", "bool": "boolean"}
+_SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+def _no_shared_memory(params: dict[str, Any], tensor: str) -> None:
+    # Refused rather than ignored: an output answered inline is not where the client reads it.
+    named = [key for key in _SHARED_MEMORY if key in params]
+    if named:
+        raise InvalidInput(
+            f"{tensor}: parameters.{named[0]} asks for shared memory, which this server does not support "
+            "yet; send the data in the request (JSON or the binary extension) instead"
+        )
+
+
+def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str) -> tuple[InferRequest, bool]:
+    """The request, and parameters.binary_data_output: whether outputs not asking otherwise go binary."""
+    _expect(doc, dict, "the request body")
+    raw_inputs = _expect(doc.get("inputs"), list, "'inputs'")
+    offset = 0
+    inputs: dict[str, Array] = {}
+    for position, raw in enumerate(raw_inputs):
+        _expect(raw, dict, f"inputs[{position}]")
+        name = _expect(raw.get("name"), str, f"inputs[{position}].name")
+        tensor = f"input {quoted(name)}"
+        datatype = _expect(raw.get("datatype"), str, f"{tensor}: 'datatype'")
+        if datatype not in DATATYPE_TO_NUMPY:
+            raise InvalidInput(f"{tensor}: unknown datatype {quoted(datatype)} (one of {', '.join(DATATYPE_TO_NUMPY)})")
+        shape = _expect(raw.get("shape"), list, f"{tensor}: 'shape'")
+        for dim in shape:
+            _expect(dim, int, f"{tensor}: every 'shape' entry")
+        if name in inputs:
+            raise InvalidInput(f"{tensor} appears twice")
+        params = _expect(raw.get("parameters", {}), dict, f"{tensor}: 'parameters'")
+        _no_shared_memory(params, tensor)
+        size = params.get("binary_data_size")
+        if size is not None:
+            _expect(size, int, f"{tensor}: binary_data_size")
+            if size < 0 or offset + size > len(binary):
+                raise InvalidInput(
+                    f"{tensor}: binary_data_size {size} at offset {offset} runs past the "
+                    f"{len(binary)} bytes of binary data"
+                )
+            inputs[name] = array_from_raw(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        elif "data" in raw:
+            inputs[name] = array_from_json(raw["data"], datatype, shape, name)
+        else:
+            raise InvalidInput(f"{tensor} has neither 'data' nor parameters.binary_data_size")
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the last input's data")
+
+    params = _expect(doc.get("parameters", {}), dict, "'parameters'")
+    default_binary = params.get("binary_data_output")
+    if default_binary is not None:
+        _expect(default_binary, bool, "parameters.binary_data_output")
+    requested: list[RequestedOutput] | None = None
+    if doc.get("outputs") is not None:
+        requested = []
+        for position, raw in enumerate(_expect(doc["outputs"], list, "'outputs'")):
+            _expect(raw, dict, f"outputs[{position}]")
+            name = _expect(raw.get("name"), str, f"outputs[{position}].name")
+            tensor = f"output {quoted(name)}"
+            out_params = _expect(raw.get("parameters", {}), dict, f"{tensor}: 'parameters'")
+            _no_shared_memory(out_params, tensor)
+            binary_flag = out_params.get("binary_data", default_binary)
+            if binary_flag is not None:
+                _expect(binary_flag, bool, f"{tensor}: parameters.binary_data")
+            classification = classification_count(out_params["classification"], name) if "classification" in out_params else 0
+            requested.append(RequestedOutput(name, binary_flag, classification))
+    # null is no id (tritonclient never sends one; others write null for "none")
+    request_id = doc.get("id")
+    if request_id is not None:
+        _expect(request_id, str, "'id'")
+    request = InferRequest(
+        model_name=model,
+        model_version=version,
+        inputs=inputs,
+        requested_outputs=requested,
+        id=request_id or "",
+        protocol="http",
+        parameters={k: v for k, v in params.items() if k != "binary_data_output"},
+    )
+    return request, bool(default_binary)
+
+
+# ---- response encoding --------------------------------------------------------------------------
+
+
+def encode_infer_response(response: InferResponse, default_binary: bool) -> Response:
+    wanted = response.requested_outputs or {}
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array in response.outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        requested = wanted.get(name)
+        binary = requested.binary if requested is not None and requested.binary is not None else default_binary
+        if binary:
+            raw = raw_from_array(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        elif array.dtype.kind in "OSU":
+            entry["data"] = codec.array_to_json(array)
+        else:
+            entry["data"] = array.ravel()
+        entries.append(entry)
+    header: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        header["id"] = response.id
+    header["outputs"] = entries
+    payload = orjson.dumps(header, option=NUMPY_JSON)
+    if not blobs:
+        return Response(payload, media_type=JSON)
+    return Response(
+        b"".join([payload, *blobs]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(payload))},
+    )
+
+
+def tensor_json(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+

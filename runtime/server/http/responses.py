@@ -1,0 +1,60 @@
+"""HTTP answers: JSON bodies, and the one mapping of core errors to HTTP statuses."""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Awaitable, Callable
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from runtime.errors import Code, RuntimeServingError
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.UNAUTHENTICATED: 401,
+    Code.PERMISSION_DENIED: 403,
+    Code.NOT_FOUND: 404,
+    Code.FAILED_PRECONDITION: 409,
+    Code.TOO_LARGE: 413,
+    Code.CANCELLED: 499,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.RESOURCE_EXHAUSTED: 503,
+    Code.DEADLINE_EXCEEDED: 504,
+}
+JSON = "application/json"
+NUMPY_JSON = orjson.OPT_SERIALIZE_NUMPY
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(status: int, message: str) -> Response:
+    # Both tritonclients parse {"error": "..."} out of any non-200 answer.
+    return Response(orjson.dumps({"error": message}), status_code=status, media_type=JSON)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload, option=NUMPY_JSON), status_code=status, media_type=JSON)
+
+
+def answers_errors(handler: Handler) -> Handler:
+    """Map core errors to HTTP statuses; anything unexpected is a 500 that names the failure."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except RuntimeServingError as exc:
+            return error_response(STATUS_BY_CODE[exc.code], exc.message)
+        except ClientDisconnect:  # gone mid-body (or cut off as too slow): nobody to answer
+            return error_response(STATUS_BY_CODE[Code.CANCELLED], "client disconnected")
+        except Exception as exc:  # never let one request take the server down
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    return wrapped
+
