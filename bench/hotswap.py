@@ -20,6 +20,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/serving.py
+from lib.machine import proc_status  # noqa: E402
 from tests.serving import running_server  # noqa: E402
 
 from runtime.examples import build_mlp, save_model  # noqa: E402
@@ -28,17 +29,17 @@ CONFIG = "max_batch_size: 32\ndynamic_batching { max_queue_delay_microseconds: 5
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    kib = proc_status(pid, "VmRSS")
+    if kib is None:
+        raise RuntimeError("no VmRSS")
+    return kib * 1024
 
 
 def thread_count(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise RuntimeError("no Threads")
+    threads = proc_status(pid, "Threads")
+    if threads is None:
+        raise RuntimeError("no Threads")
+    return threads
 
 
 def drive(url: str, stop: threading.Event, latencies: list[tuple[float, float]], errors: list[str]) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/serving.py
 
+from lib.machine import proc_status
 from tests.serving import RunningServer, start_server
 
 from runtime.examples import build_wide_mlp, save_model
@@ -80,10 +81,7 @@ def milliseconds(values: list[float], q: float, digits: int = 0) -> str:
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return (proc_status(pid, "VmRSS") or 0) * 1024
 
 
 class Driver:

@@ -34,10 +34,6 @@ windows, 22 points, HTTP-JSON for the example mlp only) about 1.5.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-import platform
 import re
 import shlex
 import shutil
@@ -45,10 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,17 +51,25 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(ROOT))  # tests/serving.py: start the real server on ephemeral ports
 
-import onnxruntime as ort
 from inprocess import measure_inprocess
-from tests.serving import RunningServer, start_server
+from lib.machine import busy_warning, load_average, machine_lines
+from lib.perf_analyzer import (
+    GRPC,
+    HTTP_BINARY,
+    HTTP_JSON,
+    STABILITY_ERROR,
+    Transport,
+    install_perf_analyzer,
+    perf_analyzer_command,
+    read_last_row,
+)
+from lib.report import difference, fmt, ratio, verdict, write_section
+from lib.scrape import average_batch, read_counters
+from lib.servers import naive_server, wait_ready
+from tests.serving import start_server
 
 from runtime.examples import build_mlp, build_wide_mlp, save_model
 
-BEGIN_MARKER = "<!-- run.py:begin -->"
-END_MARKER = "<!-- run.py:end -->"
-JSON_TENSORS = ["--input-tensor-format", "json", "--output-tensor-format", "json"]
-STABILITY_ERROR = 2  # perf_analyzer's exit code when no window set met --stability-percentage
-READY_TIMEOUT_S = 60.0
 
 # Issue 3's targets.
 TARGET_VS_INPROCESS = 0.25  # gRPC mlp c32 throughput / in-process batch-1 throughput
@@ -79,19 +80,6 @@ TARGET_TAIL_RATIO = 3.0  # wide c32, batching on: p99 / p50
 
 
 # --- settings ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Transport:
-    label: str  # grpc, http-binary, http-json
-    protocol: str  # perf_analyzer -i
-    tensor_format: str  # binary, json
-    flags: tuple[str, ...] = ()
-
-
-GRPC = Transport("grpc", "grpc", "binary")
-HTTP_BINARY = Transport("http-binary", "http", "binary")
-HTTP_JSON = Transport("http-json", "http", "json", tuple(JSON_TENSORS))
 
 
 @dataclass(frozen=True)
@@ -200,34 +188,6 @@ class Point:
         return "batching off" if self.model.endswith("_nobatch") else "batching on"
 
 
-def install_perf_analyzer() -> Path:
-    completed = subprocess.run(
-        ["bash", str(BENCH_DIR / "install_perf_analyzer.sh")], check=True, capture_output=True, text=True
-    )
-    return Path(completed.stdout.strip().splitlines()[-1])
-
-
-def perf_analyzer_command(
-    binary: Path,
-    model: str,
-    url: str,
-    transport: Transport,
-    concurrency: int,
-    window_ms: int,
-    stability_pct: int,
-    max_trials: int,
-    report: Path,
-) -> list[str]:
-    return [
-        str(binary), "-m", model, "-u", url, "-i", transport.protocol,
-        "--concurrency-range", str(concurrency),
-        "--measurement-interval", str(window_ms),
-        "--stability-percentage", str(stability_pct),
-        "--max-trials", str(max_trials),
-        "-f", str(report), *transport.flags,
-    ]  # fmt: skip
-
-
 def measure(binary: Path, point: Point, url: str, plan: Plan, work: Path, log: list[str]) -> None:
     """Fill `point` from one perf_analyzer run; on a stability failure, retry once with a loose rule."""
     report = work / f"{point.target}-{point.model}-{point.transport.label}-c{point.concurrency}.csv"
@@ -269,214 +229,7 @@ def measure(binary: Path, point: Point, url: str, plan: Plan, work: Path, log: l
     point.note = f"no stable measurement even at ±100%: {output[-1] if output else ''}"[:160]
 
 
-def read_last_row(report: Path) -> dict[str, float]:
-    with report.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return {key: float(value) for key, value in rows[-1].items() if value not in (None, "")}
-
-
-# --- server counters (average batch size) --------------------------------------------------------
-
-METRIC_LINE = re.compile(r"^(model_runtime_(?:inference_rows|executions))(?:_total)?\{([^}]*)\}\s+(\S+)$")
-
-
-def fetch(url: str, timeout_s: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        body: bytes = response.read()
-        return body
-
-
-def read_counters(server: RunningServer, model: str) -> tuple[float, float] | None:
-    """(rows inferred, executions) of `model` so far; None if the server exposes neither source."""
-    try:
-        stats = json.loads(fetch(f"http://{server.http_url}/v2/models/{model}/stats"))
-        entries = stats.get("model_stats", [])
-        if entries:
-            rows = sum(float(entry.get("inference_count", 0)) for entry in entries)
-            executions = sum(float(entry.get("execution_count", 0)) for entry in entries)
-            return rows, executions
-    except (urllib.error.URLError, ValueError, OSError):
-        pass  # no statistics extension (yet): fall back to Prometheus
-    try:
-        text = fetch(server.metrics_url).decode()
-    except (urllib.error.URLError, OSError):
-        return None
-    totals = {"model_runtime_inference_rows": 0.0, "model_runtime_executions": 0.0}
-    found = False
-    for line in text.splitlines():
-        match = METRIC_LINE.match(line)
-        if match and f'model="{model}"' in match.group(2):
-            totals[match.group(1)] += float(match.group(3))
-            found = True
-    if not found:
-        return None
-    return totals["model_runtime_inference_rows"], totals["model_runtime_executions"]
-
-
-def average_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
-    if before is None or after is None:
-        return None
-    rows, executions = after[0] - before[0], after[1] - before[1]
-    return rows / executions if executions > 0 else None
-
-
-# --- servers -------------------------------------------------------------------------------------
-
-
-def wait_ready(http_url: str, models: Sequence[str], process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    pending = list(models)
-    while pending:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
-        try:
-            fetch(f"http://{http_url}/v2/models/{pending[0]}/ready", timeout_s=2)
-            pending.pop(0)
-            continue
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"models {pending} not ready on {http_url} after {READY_TIMEOUT_S} s")
-        time.sleep(0.2)
-
-
-def free_port() -> int:
-    """A port free right now (racy; bench/naive_server.py cannot report a port it picked itself)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def naive_server(
-    model_path: Path, name: str, max_batch_size: int, threads: int, log_path: Path
-) -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable, str(BENCH_DIR / "naive_server.py"), "--model", str(model_path), "--name", name,
-        "--port", str(port), "--max-batch-size", str(max_batch_size), "--intra-op-threads", str(threads),
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"127.0.0.1:{port}"
-    try:
-        wait_ready(url, [name], process)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-# --- the machine ---------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def memory_gib() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
-def codec_line() -> str:
-    completed = subprocess.run(
-        [sys.executable, "-m", "runtime", "--version"], check=False, capture_output=True, text=True
-    )
-    return (completed.stdout or completed.stderr).strip().replace("\n", "; ")
-
-
-def source_revision() -> str:
-    """The checked-out commit, read from .git without running git (and '+ changes' is not known)."""
-    git = ROOT / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head[:12]
-        ref = head[5:]
-        if (git / ref).exists():
-            return (git / ref).read_text().strip()[:12] + f" ({ref.removeprefix('refs/heads/')})"
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0][:12] + f" ({ref.removeprefix('refs/heads/')})"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def machine_lines(perf_analyzer: Path, threads: int) -> list[str]:
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    completed = subprocess.run([str(perf_analyzer), "--version"], check=False, capture_output=True, text=True)
-    version = (completed.stdout + completed.stderr).strip()
-    return [
-        f"- CPU: {cpu_model()}, {cores} logical cores ({usable} usable by this process), {memory_gib()} RAM",
-        f"- OS: {platform.platform()}",
-        (
-            f"- Python {platform.python_version()}, onnxruntime {ort.__version__} "
-            f"(providers: {', '.join(ort.get_available_providers())}), {version or 'perf_analyzer ?'}"
-        ),
-        f"- model-runtime: {codec_line()}; source {source_revision()}",
-        f"- ONNX Runtime intra-op threads: {threads} everywhere (server, naive server, in-process)",
-        (
-            "- Nothing pinned: perf_analyzer, the server's event loop and its ONNX Runtime thread share "
-            f"all {usable} cores, so client CPU time is taken from the server."
-        ),
-    ]
-
-
 # --- the report ----------------------------------------------------------------------------------
-
-
-def busy_warning(load_before: str) -> list[str]:
-    """A warning line when something else was already using the cores as the run began."""
-    try:
-        one_minute = float(load_before.split()[0])
-    except (ValueError, IndexError):
-        return []
-    if one_minute < 0.5:
-        return []
-    return [
-        (
-            f"- **Warning:** the 1-minute load average was {one_minute:.2f} before the run started: other work "
-            "shared the cores, so these figures are noisy. Re-run on an idle machine."
-        )
-    ]
-
-
-def fmt(value: float | None, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("**PASS**" if ok else "**MISS**")
 
 
 @dataclass
@@ -497,18 +250,6 @@ class Results:
             if row["batch_size"] == batch_size:
                 return row
         return None
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or not denominator:
-        return None
-    return numerator / denominator
-
-
-def difference(minuend: float | None, subtrahend: float | None) -> float | None:
-    if minuend is None or subtrahend is None:
-        return None
-    return minuend - subtrahend
 
 
 def target_rows(results: Results, concurrency: Sequence[int], mlp_delay_us: int) -> list[str]:
@@ -659,57 +400,6 @@ def render(
         *inprocess_rows(results),
     ]
     return "\n".join(lines)
-
-
-RESULTS_TEMPLATE = f"""# Benchmark results
-
-Each section says which script writes it; see bench/README.md for how to run them. Figures depend
-on the machine and on what else runs on it: compare rows from the same run only.
-
-## Serving: throughput and latency (bench/run.py)
-
-{BEGIN_MARKER}
-_Not run yet: `python bench/run.py`._
-{END_MARKER}
-
-## Codec (bench/bench_codec.py)
-
-_Placeholder: decode/encode throughput of the Cython codec vs. its numpy twin._
-
-## Processing kernels (bench/bench_processing.py)
-
-_Placeholder._
-
-## Metrics overhead (bench/bench_metrics_overhead.py)
-
-_Placeholder: throughput and latency with and without metrics._
-
-## Overload (bench/overload.py)
-
-_Placeholder: behaviour past saturation (503 / UNAVAILABLE, queue bound, latency of admitted requests)._
-
-## Hot-swap under load
-
-_Placeholder: errors and latency while a model version is replaced under load._
-"""
-
-
-def write_section(
-    out: Path,
-    section: str,
-    begin_marker: str = BEGIN_MARKER,
-    end_marker: str = END_MARKER,
-    heading: str = "Serving: throughput and latency (bench/run.py)",
-) -> None:
-    """Replace what lies between the markers in `out`; add a section with them at the end if absent."""
-    text = out.read_text() if out.exists() else RESULTS_TEMPLATE
-    begin, end = text.find(begin_marker), text.find(end_marker)
-    if begin < 0 or end < begin:
-        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{begin_marker}\n{end_marker}\n"
-        begin, end = text.find(begin_marker), text.find(end_marker)
-    text = text[: begin + len(begin_marker)] + "\n" + section.rstrip("\n") + "\n" + text[end:]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
 
 
 # --- the run -------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lib.perf_analyzer import JSON_TENSORS, install_perf_analyzer
+from lib.servers import free_port
 from mlp_model import build_mlp
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -32,23 +33,8 @@ READY_TIMEOUT_S = 30.0
 # Variants checked by default: (label, extra perf_analyzer flags).
 VARIANTS: list[tuple[str, list[str]]] = [
     ("http-binary", []),
-    ("http-json", ["--input-tensor-format", "json", "--output-tensor-format", "json"]),
+    ("http-json", JSON_TENSORS),
 ]
-
-
-def install_perf_analyzer() -> Path:
-    """Run the idempotent installer; it prints the wrapper's path on stdout."""
-    script = BENCH_DIR / "install_perf_analyzer.sh"
-    completed = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True)
-    return Path(completed.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    """A port free right now (racy, but the server is ours and starts at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until_ready(port: int, server: subprocess.Popen[bytes]) -> None:

@@ -90,7 +90,7 @@ class CannedAio(grpc.GenericRpcHandler):
             self.inferences += 1
             return self._answers[INFER]
         if method == STATISTICS:
-            from runtime.server._pb import grpc_service_pb2 as pb
+            from runtime._pb import grpc_service_pb2 as pb
 
             statistics = pb.ModelStatisticsResponse.FromString(self._answers[STATISTICS])
             for model in statistics.model_stats:
@@ -268,7 +268,7 @@ def perf_analyzer(
     binary: Path, model: str, protocol: str, port: int, concurrency: int, window_ms: int, report: Path,
     flags: Sequence[str] = (),
 ) -> dict[str, float]:
-    from run import Transport, perf_analyzer_command, read_last_row
+    from lib.perf_analyzer import Transport, perf_analyzer_command, read_last_row
 
     report.unlink(missing_ok=True)
     transport = Transport(protocol, protocol, "binary", tuple(flags))
@@ -311,7 +311,8 @@ def measure(
 
 
 def markdown(rows: list[Row], model: str, command: str) -> str:
-    from run import machine_lines, install_perf_analyzer
+    from lib.machine import machine_lines
+    from lib.perf_analyzer import install_perf_analyzer
 
     lines = [
         f"_Written by `bench/transport_floor.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._",
@@ -342,7 +343,8 @@ def main() -> None:
     parser.add_argument("--window-ms", type=int, default=2000)
     parser.add_argument("--out", type=Path, help="write the table into this RESULTS.md (between its markers)")
     args = parser.parse_args()
-    from run import install_perf_analyzer, write_section
+    from lib.perf_analyzer import install_perf_analyzer
+    from lib.report import write_section
     from tests.serving import start_server
 
     from runtime.examples import build_mlp, save_model, write_example_repository
