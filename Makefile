@@ -32,4 +32,4 @@ bench: setup-test perf-analyzer
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info runtime/server/_pb/*_pb2*.py* runtime/codec/*.so
+	rm -rf $(VENV) build *.egg-info runtime/_pb/*_pb2*.py* runtime/*/_*.so csrc/*.c

@@ -14,11 +14,11 @@ from setuptools.command.develop import develop
 
 ROOT = Path(__file__).parent.resolve()
 PROTO_DIR = ROOT / "protos"
-PB_OUT = ROOT / "runtime" / "server" / "_pb"
+PB_OUT = ROOT / "runtime" / "_pb"
 
 
 def generate_protos() -> None:
-    """Compile protos/*.proto into runtime/server/_pb (imports made package-relative)."""
+    """Compile protos/*.proto into runtime/_pb (imports made package-relative)."""
     from grpc_tools import protoc
     import grpc_tools
 
@@ -38,26 +38,55 @@ def generate_protos() -> None:
     # (they would pin grpcio to at least the generator's version).
     for stale in PB_OUT.glob("*_pb2_grpc.py"):
         stale.unlink()
-    stems = [p.stem for p in protos]
-    # protoc emits absolute imports ("import model_config_pb2"); our modules live in a package.
-    for generated in PB_OUT.glob("*_pb2*.py*"):
-        text = generated.read_text()
-        # Register into the package's private pool (see runtime/server/_pb/__init__.py).
-        if "_descriptor_pool.Default().AddSerializedFile(" in text:
-            text = text.replace("_descriptor_pool.Default().AddSerializedFile(", "_POOL.AddSerializedFile(")
-            text = text.replace(
-                "from google.protobuf.internal import builder as _builder\n",
-                "from google.protobuf.internal import builder as _builder\nfrom . import POOL as _POOL\n",
-                1,
-            )
+    stems = {p.stem for p in protos}
+    for generated in sorted(PB_OUT.glob("*_pb2*.py*")):
+        generated.write_text(_package_relative(generated.read_text(), generated.name, stems))
+
+
+class ProtocLayoutError(RuntimeError):
+    """protoc's output no longer has the layout the rewrite below expects: fail the build, never skip."""
+
+
+def _replace_once(text: str, pattern: str, replacement: str, name: str, what: str) -> str:
+    new, count = re.subn(pattern, replacement, text, flags=re.MULTILINE)
+    if count != 1:
+        raise ProtocLayoutError(
+            f"{name}: expected exactly one {what} (pattern {pattern!r}) in protoc's output, found {count}; "
+            "grpcio-tools changed its generated code: update setup.py's rewrite"
+        )
+    return new
+
+
+def _package_relative(text: str, name: str, stems: set[str]) -> str:
+    """protoc's module text, made to live in runtime._pb. Each rewrite must match exactly where expected."""
+    if name.endswith(".py"):
+        # Register into the package's private pool (see runtime/_pb/__init__.py).
+        text = _replace_once(
+            text, r"_descriptor_pool\.Default\(\)\.AddSerializedFile\(", "_POOL.AddSerializedFile(", name,
+            "registration into the default descriptor pool",
+        )
+        text = _replace_once(
+            text, r"^from google\.protobuf\.internal import builder as _builder\n",
+            "from google.protobuf.internal import builder as _builder\nfrom . import POOL as _POOL\n", name,
+            "builder import",
+        )
         # The generator's protobuf may be newer than the runtime's (the build runs in its own
         # environment). The modules only use builder APIs that protobuf >= 5.26 has, so drop the
-        # check that would refuse an older runtime.
-        text = re.sub(r"_runtime_version\.ValidateProtobufRuntimeVersion\([^)]*\)\n", "", text)
-        for stem in stems:
-            text = text.replace(f"\nimport {stem}_pb2 as", f"\nfrom . import {stem}_pb2 as")
-            text = text.replace(f"\nimport {stem}_pb2\n", f"\nfrom . import {stem}_pb2\n")
-        generated.write_text(text)
+        # check that would refuse an older runtime (generators before protobuf 5.26 emit none).
+        if "ValidateProtobufRuntimeVersion" in text:
+            text = _replace_once(
+                text, r"^_runtime_version\.ValidateProtobufRuntimeVersion\([^)]*\)\n", "", name,
+                "runtime version check",
+            )
+    # protoc emits absolute imports ("import model_config_pb2 as ..."); our modules live in a package.
+    absolute = re.compile(r"^import (\w+_pb2)\b", re.MULTILINE)
+    for module in absolute.findall(text):
+        if module[: -len("_pb2")] not in stems:
+            raise ProtocLayoutError(f"{name}: imports {module}, which protos/ does not generate")
+    text = absolute.sub(r"from . import \1", text)
+    if re.search(r"^\s*import \w+_pb2\b", text, flags=re.MULTILINE):
+        raise ProtocLayoutError(f"{name}: an absolute import of a generated module is left after the rewrite")
+    return text
 
 
 class GenerateProtos(Command):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check as it runs on a lent GPU machine with no package index (see bench/README.md):
 # onnxruntime-gpu arrives as xz parts in /tmp/chunks (carried by earlier calls), the other wheels
-# in .whl312/, the generated protobuf modules in runtime/server/_pb/. Installs into /tmp/site,
+# in .whl312/, the generated protobuf modules in runtime/_pb/. Installs into /tmp/site,
 # then runs bench/gpu_check.py and the server, batching and repository tests with every server
 # forced onto CUDA. Writes logs to $OUT.
 set -u

@@ -24,17 +24,20 @@ def capped(message: str, limit: int = MESSAGE_LIMIT) -> str:
 
 
 class Code(enum.Enum):
+    """What went wrong, for every transport. The statuses each code maps to live with the servers:
+    runtime/server/http/responses.py (STATUS_BY_CODE) and runtime/server/grpc/service.py."""
+
     INVALID_ARGUMENT = "invalid_argument"  # HTTP 400, gRPC INVALID_ARGUMENT
     NOT_FOUND = "not_found"  # HTTP 404, gRPC NOT_FOUND
     UNAVAILABLE = "unavailable"  # HTTP 503, gRPC UNAVAILABLE: overload, not ready, draining
-    DEADLINE_EXCEEDED = "deadline_exceeded"  # HTTP 504? no: Triton answers 400; see server maps
-    CANCELLED = "cancelled"
-    UNAUTHENTICATED = "unauthenticated"  # HTTP 401
-    PERMISSION_DENIED = "permission_denied"  # HTTP 403
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # HTTP 504, gRPC DEADLINE_EXCEEDED: queue timeout or deadline
+    CANCELLED = "cancelled"  # HTTP 499, gRPC CANCELLED: the client went away
+    UNAUTHENTICATED = "unauthenticated"  # HTTP 401, gRPC UNAUTHENTICATED
+    PERMISSION_DENIED = "permission_denied"  # HTTP 403, gRPC PERMISSION_DENIED
     TOO_LARGE = "too_large"  # HTTP 413, gRPC RESOURCE_EXHAUSTED
-    RESOURCE_EXHAUSTED = "resource_exhausted"  # HTTP 507-ish; memory budget
-    FAILED_PRECONDITION = "failed_precondition"  # HTTP 409
-    INTERNAL = "internal"  # HTTP 500, gRPC INTERNAL: model execution failed
+    RESOURCE_EXHAUSTED = "resource_exhausted"  # HTTP 503, gRPC RESOURCE_EXHAUSTED: memory budget, threads
+    FAILED_PRECONDITION = "failed_precondition"  # HTTP 409, gRPC FAILED_PRECONDITION
+    INTERNAL = "internal"  # HTTP 500, gRPC INTERNAL: model execution failed, or a bug
 
 
 class RuntimeServingError(Exception):

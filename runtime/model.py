@@ -22,7 +22,7 @@ from runtime.processing import Processing
 from runtime.observer import BatchTiming, NullObserver, Observer
 from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
 from runtime.repository.model_config import ModelConfig, public_inputs, public_outputs
-from runtime.server._pb import model_config_pb2 as mc
+from runtime._pb import model_config_pb2 as mc
 from runtime.types import Array, TensorSpec
 from runtime.validate import Validated
 

@@ -18,7 +18,7 @@ from tests.serving import RunningServer, running_server
 
 from runtime.examples import save_model, write_example_repository
 from tests.models import FAILING_INSTANCE_GROUP, build_failing
-from runtime.server._pb import grpc_service_pb2 as pb
+from runtime._pb import grpc_service_pb2 as pb
 
 ALONE = """\
 name: "failing"

@@ -27,7 +27,7 @@ from runtime.examples import save_model, write_example_repository
 from tests.models import build_identity
 from runtime.server.grpc import converters as grpc_server
 from runtime.server.http import codec as http_server
-from runtime.server._pb import grpc_service_pb2 as pb
+from runtime._pb import grpc_service_pb2 as pb
 from runtime.tensors import array_from_json, array_from_raw
 from runtime.types import DATATYPE_TO_NUMPY
 

@@ -23,7 +23,7 @@ from tests.serving import RunningServer, start_server
 
 from runtime.examples import build_mlp, build_wide_mlp, save_model
 from runtime.loadtest.inputs import binary_body
-from runtime.server._pb import grpc_service_pb2 as pb
+from runtime._pb import grpc_service_pb2 as pb
 
 # Requests wait in the batching window (1.5 s) unless 32 rows come: at the signal they are queued.
 WINDOWED = """\

@@ -27,7 +27,7 @@ from runtime.examples import build_mlp, save_model, write_example_repository
 from tests.models import build_identity
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
-from runtime.server._pb import grpc_service_pb2 as pb
+from runtime._pb import grpc_service_pb2 as pb
 from runtime.server.grpc.server import GrpcServer
 
 TIMEOUT_S = 1.0

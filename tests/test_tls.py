@@ -15,7 +15,7 @@ import pytest
 from tests.serving import RunningServer, running_server, start_server
 
 from runtime.examples import write_example_repository
-from runtime.server._pb import grpc_service_pb2 as pb
+from runtime._pb import grpc_service_pb2 as pb
 
 trustme = pytest.importorskip("trustme")
 

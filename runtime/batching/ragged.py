@@ -13,7 +13,7 @@ import numpy as np
 
 from runtime.batching.collate import gather_rows
 from runtime.errors import ModelLoadError
-from runtime.server._pb import model_config_pb2 as mc
+from runtime._pb import model_config_pb2 as mc
 from runtime.types import Array
 
 PARAMETER = "ragged_padding"

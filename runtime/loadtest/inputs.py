@@ -143,7 +143,7 @@ def check_http_answer(body: bytes, header_length: str | None) -> int:
 
 def grpc_request_bytes(model: str, version: str, sample: Sample) -> bytes:
     """A serialized ModelInferRequest with every input in raw_input_contents."""
-    from runtime.server._pb import grpc_service_pb2 as pb
+    from runtime._pb import grpc_service_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=model, model_version=version)
     for name, array in sample.items():
@@ -157,7 +157,7 @@ def check_grpc_answer(raw: bytes) -> int:
     """The number of outputs in a ModelInferResponse; ValueError if it has none or is malformed."""
     from google.protobuf.message import DecodeError
 
-    from runtime.server._pb import grpc_service_pb2 as pb
+    from runtime._pb import grpc_service_pb2 as pb
 
     try:
         response = pb.ModelInferResponse.FromString(raw)
@@ -170,7 +170,7 @@ def check_grpc_answer(raw: bytes) -> int:
 
 def grpc_metadata(raw: bytes) -> dict[str, Any]:
     """A serialized ModelMetadataResponse in the JSON form of `GET /v2/models/{m}`."""
-    from runtime.server._pb import grpc_service_pb2 as pb
+    from runtime._pb import grpc_service_pb2 as pb
 
     response = pb.ModelMetadataResponse.FromString(raw)
     return {

@@ -208,7 +208,7 @@ class V2GrpcUser(User):
             channel.close()
 
     def _metadata(self) -> dict[str, Any]:
-        from runtime.server._pb import grpc_service_pb2 as pb
+        from runtime._pb import grpc_service_pb2 as pb
 
         options = self.environment.parsed_options
         request = pb.ModelMetadataRequest(name=options.model, version=options.model_version).SerializeToString()

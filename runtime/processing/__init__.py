@@ -18,7 +18,7 @@ from runtime.processing.classification import classify_outputs, config_labels
 from runtime.processing.pipeline import Pipeline
 from runtime.processing.spec import SpecError, find_spec, read_spec
 from runtime.repository.model_config import ModelConfig
-from runtime.server._pb import model_config_pb2 as mc
+from runtime._pb import model_config_pb2 as mc
 from runtime.types import DATATYPE_TO_CONFIG, Array, TensorSpec
 
 __all__ = ["Pipeline", "Processing", "classify_outputs", "load_processing", "public_config"]

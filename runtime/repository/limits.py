@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from runtime.config import MAX_BATCH_SIZE, MAX_GPU_ID, MAX_QUEUE_SIZE, available_cores
 from runtime.errors import ModelLoadError, quoted
-from runtime.server._pb import model_config_pb2 as mc
+from runtime._pb import model_config_pb2 as mc
 
 __all__ = ["LIMITS", "Limit", "check", "limits"]
 

@@ -17,7 +17,7 @@ from google.protobuf import json_format, text_format
 from runtime.errors import ModelLoadError, quoted
 from runtime.repository import limits
 from runtime.repository.paths import inside
-from runtime.server._pb import model_config_pb2 as mc
+from runtime._pb import model_config_pb2 as mc
 from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG, TensorSpec
 
 ModelConfig = mc.ModelConfig

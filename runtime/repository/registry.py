@@ -30,7 +30,7 @@ from runtime.observer import NullObserver, Observer
 from runtime.repository import loader
 from runtime.repository import model_config as mcfg
 from runtime.repository.store import ModelDir, RepositoryStore, StagedUpload, check_model_name, stage_upload
-from runtime.server._pb import model_config_pb2 as mc
+from runtime._pb import model_config_pb2 as mc
 
 log = logging.getLogger(__name__)
 

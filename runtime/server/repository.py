@@ -19,7 +19,7 @@ from starlette.routing import Route
 from runtime.admin import Admin, IndexRow, kind_of, parse_json_text
 from runtime.config import Settings
 from runtime.errors import InvalidInput, quoted
-from runtime.server._pb import grpc_service_pb2 as pb
+from runtime._pb import grpc_service_pb2 as pb
 from runtime.server.grpc.converters import parse
 from runtime.server.grpc.service import answers_errors as grpc_answers_errors
 from runtime.server.grpc.service import generic_handler, unary_handlers

@@ -14,7 +14,7 @@ from runtime.batching.ragged import cut, group_key, pad_stack, ragged_plan
 from runtime.engine import Engine
 from runtime.errors import ModelLoadError
 from runtime.examples import save_model
-from runtime.server._pb import model_config_pb2 as mc
+from runtime._pb import model_config_pb2 as mc
 from runtime.types import InferRequest
 from google.protobuf import text_format
 from tests.engine import OpenEngine

@@ -10,7 +10,7 @@ from runtime.backends.onnx import cuda_available
 from runtime.config import Settings
 from runtime.errors import ModelLoadError
 from runtime.repository.loader import session_spec
-from runtime.server._pb import model_config_pb2 as mc
+from runtime._pb import model_config_pb2 as mc
 
 MODEL = Path("model.onnx")  # session_spec only names the file
 

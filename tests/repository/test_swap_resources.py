@@ -28,7 +28,7 @@ from runtime.errors import Code, ModelLoadError
 from runtime.examples import build_mlp, save_model
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
-from runtime.server._pb import model_config_pb2 as mc
+from runtime._pb import model_config_pb2 as mc
 from runtime.validate import Validated
 from tests.serving import running_server
 

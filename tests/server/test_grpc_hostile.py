@@ -15,7 +15,7 @@ import pytest
 
 from runtime.examples import save_model, write_example_repository
 from tests.models import build_identity
-from runtime.server._pb import grpc_service_pb2 as pb
+from runtime._pb import grpc_service_pb2 as pb
 from tests.serving import RunningServer, running_server
 
 # A stream request/answer of 64 KiB: the gRPC and socket buffers outside the server's control hold

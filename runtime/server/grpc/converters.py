@@ -10,7 +10,7 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from runtime.errors import InvalidInput, quoted
-from runtime.server._pb import grpc_service_pb2 as pb
+from runtime._pb import grpc_service_pb2 as pb
 from runtime.tensors import array_from_raw, check_shape, element_count, numpy_dtype, raw_from_array
 from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
 from runtime.validate import classification_count

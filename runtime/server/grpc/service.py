@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from runtime.engine import Engine
 from runtime.errors import Code, RuntimeServingError
-from runtime.server._pb import grpc_service_pb2 as pb
+from runtime._pb import grpc_service_pb2 as pb
 from runtime.server.grpc.converters import decode_infer_request, encode_infer_response, parse, stream_error, tensor_metadata
 
 log = logging.getLogger(__name__)
