@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from runtime.observer import Observer
 from tests.engine import InProcess, OpenEngine, in_process_engine
 
 
@@ -23,11 +22,7 @@ async def open_engine() -> AsyncIterator[OpenEngine]:
     """`await open_engine(repo, **settings)` -> InProcess(registry, engine, settings), closed after the test."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def open_(
-            repo: Path, *, observer: Observer | None = None, load: bool = True, **settings: Any
-        ) -> InProcess:
-            return await stack.enter_async_context(
-                in_process_engine(repo, observer=observer, load=load, **settings)
-            )
+        async def open_(repo: Path, **options: Any) -> InProcess:
+            return await stack.enter_async_context(in_process_engine(repo, **options))
 
         yield open_

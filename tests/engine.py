@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from runtime.config import Settings
 from runtime.engine import Engine
-from runtime.observer import Observer
+from runtime.monitoring.observer import Observer
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
 
