@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 from prometheus_client import generate_latest
 
-from runtime import metrics
+from runtime import monitoring as metrics
 from runtime.config import Settings
 from runtime.engine import Engine
 from runtime.examples import write_example_repository
-from runtime.observer import BatchTiming, Observer
+from runtime.monitoring.observer import BatchTiming, Observer
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
 from runtime.types import InferRequest

@@ -81,11 +81,12 @@ def _log_poller_end(task: asyncio.Task[None]) -> None:
 
 async def serve(settings: Settings) -> int:
     # Imported here so `model-runtime --version` and `--help` stay fast.
-    from runtime import metrics
+    from runtime import monitoring
     from starlette.applications import Starlette
 
     from runtime.admin import Admin
     from runtime.server import repository, stats
+    from runtime.server import metrics
     from runtime.server.asgi import AsgiServer
     from runtime.server.grpc.server import GrpcServer
     from runtime.server.http.app import http_server, openapi_route
@@ -97,7 +98,7 @@ async def serve(settings: Settings) -> int:
         log.info("serving the built-in examples from %s", settings.example_repository)
     log.info("model-runtime %s; codec implementation: %s", __version__, codec.IMPLEMENTATION)
 
-    observer = metrics.observer_for(settings)
+    observer = monitoring.observer_for(settings)
     registry = ModelRegistry(RepositoryStore(settings.repository), settings, observer=observer)
     await load_models(registry, settings)
     engine = Engine(registry, observer=observer)
@@ -126,7 +127,7 @@ async def serve(settings: Settings) -> int:
     poller = start_poller(registry, settings)
     metrics_server = (
         AsgiServer(
-            metrics.build_app(metrics.build_registry(registry, observer)),
+            metrics.build_app(monitoring.build_registry(registry, observer)),
             settings.metrics_address,
             settings.metrics_port,
             settings,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from runtime import SERVER_NAME, __version__, statistics
 from runtime.errors import InvalidInput
 from runtime.model import ModelState, ServedModel
-from runtime.observer import SUCCESS, NullObserver, Observer, outcome_of
+from runtime.monitoring.observer import SUCCESS, NullObserver, Observer, outcome_of
 from runtime.processing import classify_outputs, public_config
 from runtime.repository.model_config import ModelConfig
 from runtime.repository.registry import ModelRegistry, VersionRecord

@@ -19,7 +19,7 @@ from runtime.batching.ragged import cut, pad_stack, ragged_plan
 from runtime.batching.ragged import group_key as ragged_group_key
 from runtime.batching.workers import InstanceWorkers, WorkersUnavailable
 from runtime.processing import Processing
-from runtime.observer import BatchTiming, NullObserver, Observer
+from runtime.monitoring.observer import BatchTiming, NullObserver, Observer
 from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
 from runtime.repository.model_config import ModelConfig, public_inputs, public_outputs
 from runtime._pb import model_config_pb2 as mc

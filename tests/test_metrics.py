@@ -1,4 +1,4 @@
-"""runtime.metrics in-process: histogram semantics, drift windows and PSI, monitoring plans from
+"""runtime.monitoring in-process: histogram semantics, drift windows and PSI, monitoring plans from
 monitoring.json / reference.json, and the observer driven through a real registry and engine."""
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime import metrics
+from runtime import monitoring as metrics
 from runtime.app import JsonFormatter
 from runtime.config import Settings
 from runtime.engine import Engine
 from runtime.errors import ExecutionError, InvalidInput, ModelNotFound
 from runtime.examples import save_model
 from tests.models import FAILING_INSTANCE_GROUP, build_failing, build_identity
-from runtime.metrics import (
+from runtime.monitoring import (
     ArrayHistogram,
     ClassWatch,
     GpuCollector,
@@ -37,7 +37,7 @@ from runtime.metrics import (
     population_stability_index,
 )
 from runtime.model import ModelState
-from runtime.observer import BatchTiming
+from runtime.monitoring.observer import BatchTiming
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
 from runtime.types import InferRequest, TensorSpec
@@ -443,7 +443,7 @@ class FakeServed:
         self.model_dir, self.version_dir = model_dir, model_dir / "1"
         self.model_inputs: list[TensorSpec] = []
         self.model_outputs = [TensorSpec("P", "FP32", (-1, 2))]
-        self.config = SimpleNamespace(output=[])
+        self.config = SimpleNamespace(outputs=[])
         self.state = ModelState.READY
 
 
@@ -480,7 +480,7 @@ def test_observer_never_raises_and_logs_a_failure_once(caplog: pytest.LogCapture
     model = fake_model()
     no_waits: Any = None
     broken = BatchTiming(rows=1, queue_seconds=no_waits, input_seconds=0, infer_seconds=0, output_seconds=0)
-    with caplog.at_level(logging.ERROR, logger="runtime.metrics"):
+    with caplog.at_level(logging.ERROR, logger="runtime.monitoring"):
         for _ in range(3):
             observer.batch_executed(model, broken, {}, {})
             observer.request_finished(None, model, "success", 0.0)  # type: ignore[arg-type]

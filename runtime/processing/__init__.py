@@ -11,15 +11,17 @@ or the numpy twins in _py), classification (Triton's classification extension, f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime.errors import ModelLoadError
 from runtime.processing.classification import classify_outputs, config_labels
-from runtime.processing.pipeline import Pipeline
 from runtime.processing.spec import SpecError, find_spec, read_spec
 from runtime.repository.model_config import ModelConfig
 from runtime._pb import model_config_pb2 as mc
 from runtime.types import DATATYPE_TO_CONFIG, Array, TensorSpec
+
+if TYPE_CHECKING:
+    from runtime.processing.pipeline import Pipeline
 
 __all__ = ["Pipeline", "Processing", "classify_outputs", "load_processing", "public_config"]
 
@@ -55,6 +57,8 @@ def load_processing(model_dir: Path, version_dir: Path, config: ModelConfig) -> 
     path = find_spec(model_dir, version_dir)
     if path is None:
         return None
+    from runtime.processing.pipeline import Pipeline  # its image steps load PIL: only for models with processing
+
     try:
         return Pipeline(read_spec(path, version_dir), config, labels)
     except SpecError as exc:
@@ -84,3 +88,12 @@ def public_config(config: ModelConfig, processing: Processing | None) -> ModelCo
         if spec.name in labels:
             model_output.label_filename = labels[spec.name]
     return public
+
+
+def __getattr__(name: str) -> Any:
+    # Pipeline is imported when first asked for, so that importing runtime.model loads no PIL.
+    if name == "Pipeline":
+        from runtime.processing.pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

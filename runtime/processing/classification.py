@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -21,10 +21,29 @@ from runtime.repository.model_config import ModelConfig
 from runtime.repository.paths import inside
 from runtime.types import Array, RequestedOutput
 
-if TYPE_CHECKING:
-    from runtime.model import ServedModel
 
-__all__ = ["classify", "classify_outputs", "config_labels", "output_labels"]
+class Classified(Protocol):
+    """What the classification extension reads of a loaded version (ServedModel has it)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def max_batch_size(self) -> int: ...
+
+    @property
+    def processing(self) -> object | None: ...
+
+    @property
+    def config(self) -> ModelConfig: ...
+
+    @property
+    def model_dir(self) -> Path: ...
+
+    @property
+    def version_dir(self) -> Path: ...
+
+__all__ = ["Classified", "classify", "classify_outputs", "config_labels", "output_labels"]
 
 
 def classify(label: str, name: str, array: Array, k: object, labels: Sequence[str] | None, batched: bool) -> Array:
@@ -58,7 +77,7 @@ def classify(label: str, name: str, array: Array, k: object, labels: Sequence[st
 
 
 def classify_outputs(
-    served: ServedModel, requested: list[RequestedOutput] | None, outputs: dict[str, Array]
+    served: Classified, requested: list[RequestedOutput] | None, outputs: dict[str, Array]
 ) -> dict[str, Array]:
     """Replace each output requested with `classification` by its strings; the engine calls this after finish()."""
     if not requested or not any(output.classification for output in requested):
@@ -75,7 +94,7 @@ def classify_outputs(
     return result
 
 
-def output_labels(served: ServedModel, name: str) -> Sequence[str] | None:
+def output_labels(served: Classified, name: str) -> Sequence[str] | None:
     processing = served.processing
     lookup = getattr(processing, "output_labels", None)
     if lookup is not None:

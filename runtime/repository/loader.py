@@ -16,7 +16,7 @@ from runtime.backends.onnx import CUDA, OnnxBackend, SessionSpec, cuda_available
 from runtime.config import GraphOptimizationLevel, Settings
 from runtime.errors import InvalidInput, ModelLoadError, quoted
 from runtime.model import ServedModel
-from runtime.observer import Observer
+from runtime.monitoring.observer import Observer
 from runtime.processing import load_processing
 from runtime.repository import limits
 from runtime.repository import model_config as mcfg

@@ -26,7 +26,7 @@ from runtime.errors import (
     quoted,
 )
 from runtime.model import ModelState, ServedModel
-from runtime.observer import NullObserver, Observer
+from runtime.monitoring.observer import NullObserver, Observer
 from runtime.repository import loader
 from runtime.repository import model_config as mcfg
 from runtime.repository.store import ModelDir, RepositoryStore, StagedUpload, check_model_name, stage_upload

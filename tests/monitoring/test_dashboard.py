@@ -1,6 +1,6 @@
 """monitoring/: the Grafana dashboard is well-formed and every query names metrics we export.
 
-test_server_metrics.py checks that each name in runtime.metrics.EXPORTED really shows up on a
+test_server_metrics.py checks that each name in runtime.monitoring.EXPORTED really shows up on a
 live /metrics; here every metric a dashboard panel, template variable or alert queries must be one
 of those names, so a renamed metric breaks this test instead of an operator's dashboard.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from runtime.metrics import exposed_names
+from runtime.monitoring import exposed_names
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 PANEL_TYPES = {"row", "timeseries", "table", "bargauge", "heatmap", "stat", "gauge", "barchart", "piechart"}

@@ -32,7 +32,7 @@ from tests.monitoring.models import (
     shifted_scores,
 )
 from tests.monitoring.scrape import Samples, eventually, scrape
-from runtime.metrics import EXPORTED, PREFIX
+from runtime.monitoring import EXPORTED, PREFIX
 
 CLF_HTTP = [
     np.array([[0.9, 0.1, 0.0]], np.float32),  # cat
