@@ -17,7 +17,6 @@ from runtime.repository.model_config import ModelConfig
 from runtime.repository.registry import ModelRegistry, VersionRecord
 from runtime.statistics import ModelStatistics
 from runtime.types import InferRequest, InferResponse, TensorSpec
-from runtime.validate import select_outputs, validate_request
 
 # Protocol extensions we implement (GET /v2 and ServerMetadata list them; clients probe them).
 EXTENSIONS = ["model_configuration", "binary_tensor_data", "model_repository", "classification", "statistics"]
@@ -106,15 +105,8 @@ class Engine:
         return response
 
     async def _infer(self, served: ServedModel, request: InferRequest) -> InferResponse:
-        validated = validate_request(
-            served.label,
-            served.inputs,
-            served.outputs,
-            served.max_batch_size,
-            request.inputs,
-            served.optional_inputs,
-        )
-        selection = select_outputs(served.label, served.outputs, request.requested_outputs)
+        validated = served.schema.validate(request.inputs)
+        selection = served.schema.select_outputs(request.requested_outputs)
         if served.processing is not None:
             # Decoding and resizing images takes milliseconds; the kernels release the GIL.
             validated = await asyncio.to_thread(served.prepare, validated)

@@ -1,4 +1,4 @@
-"""One loaded model version: its config, backend, request queue and statistics."""
+"""One loaded model version: its config (plain values, no protobuf), schema, backend, request queue and statistics."""
 from __future__ import annotations
 
 import asyncio
@@ -21,10 +21,9 @@ from runtime.batching.workers import InstanceWorkers, WorkersUnavailable
 from runtime.processing import Processing
 from runtime.monitoring.observer import BatchTiming, NullObserver, Observer
 from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
-from runtime.repository.model_config import ModelConfig, public_inputs, public_outputs
-from runtime._pb import model_config_pb2 as mc
+from runtime.repository.model_config import QueuePolicy, VersionSpec, public_inputs, public_outputs
 from runtime.types import Array, TensorSpec
-from runtime.validate import Validated
+from runtime.validate import RequestSchema, Validated
 
 Outputs = dict[str, Array]
 
@@ -61,43 +60,61 @@ class ModelStats:
     last_inference_ms: int = 0
     batch_stats: dict[int, tuple[Duration, Duration, Duration]] = field(default_factory=dict)
 
+    def record_batch(self, timing: BatchTiming) -> None:
+        """One executed batch: the one place batch counters are kept (the observer gets the same timing)."""
+        input_ns = round(timing.input_seconds * 1e9)
+        infer_ns = round(timing.infer_seconds * 1e9)
+        output_ns = round(timing.output_seconds * 1e9)
+        self.execution_count += 1
+        self.inference_count += timing.rows
+        self.last_inference_ms = int(time.time() * 1000)
+        # Triton counts compute time once per request: each request of the batch "spent" the batch's time.
+        count = len(timing.queue_seconds)
+        self.compute_input.add(input_ns * count, count)
+        self.compute_infer.add(infer_ns * count, count)
+        self.compute_output.add(output_ns * count, count)
+        for waited in timing.queue_seconds:
+            self.queue.add(int(waited * 1e9))
+        per_size = self.batch_stats.setdefault(timing.rows, (Duration(), Duration(), Duration()))
+        per_size[0].add(input_ns)
+        per_size[1].add(infer_ns)
+        per_size[2].add(output_ns)
 
-def batch_policy(config: ModelConfig, instances: int, default_max_queue_size: int) -> BatchPolicy:
+
+def batch_policy(config: VersionSpec, instances: int, default_max_queue_size: int) -> BatchPolicy:
     """Triton's dynamic_batching block as a BatchPolicy; no block means each request runs alone."""
-    if not config.HasField("dynamic_batching") or config.max_batch_size == 0:
+    batching = config.dynamic_batching
+    if batching is None or config.max_batch_size == 0:
         return BatchPolicy(
             max_batch_rows=0, concurrency=instances, levels=(LevelPolicy(max_queue_size=default_max_queue_size),)
         )
-    batching = config.dynamic_batching
-    level_count = max(1, int(batching.priority_levels))
+    level_count = max(1, batching.priority_levels)
 
-    def level(policy: mc.ModelQueuePolicy) -> LevelPolicy:
+    def level(policy: QueuePolicy) -> LevelPolicy:
         return LevelPolicy(
-            max_queue_size=int(policy.max_queue_size) or default_max_queue_size,
-            default_timeout_s=policy.default_timeout_microseconds / 1e6 or None,
-            allow_timeout_override=policy.allow_timeout_override or not policy.default_timeout_microseconds,
-            timeout_action=TimeoutAction.DELAY if policy.timeout_action == mc.ModelQueuePolicy.DELAY else TimeoutAction.REJECT,
+            max_queue_size=policy.max_queue_size or default_max_queue_size,
+            default_timeout_s=policy.default_timeout_us / 1e6 or None,
+            allow_timeout_override=policy.allow_timeout_override or not policy.default_timeout_us,
+            timeout_action=TimeoutAction.DELAY if policy.delay_on_timeout else TimeoutAction.REJECT,
         )
 
     levels = tuple(
-        level(batching.priority_queue_policy[n] if n in batching.priority_queue_policy else batching.default_queue_policy)
-        for n in range(1, level_count + 1)
+        level(batching.priority_queue_policy.get(n, batching.default_queue_policy)) for n in range(1, level_count + 1)
     )
-    preferred = tuple(sorted(int(s) for s in batching.preferred_batch_size))
     return BatchPolicy(
         max_batch_rows=config.max_batch_size,
-        max_delay_s=batching.max_queue_delay_microseconds / 1e6,
-        preferred_rows=preferred,
+        max_delay_s=batching.max_queue_delay_us / 1e6,
+        preferred_rows=tuple(sorted(batching.preferred_batch_size)),
         concurrency=instances,
         levels=levels,
-        default_level=max(0, int(batching.default_priority_level) - 1),
+        default_level=max(0, batching.default_priority_level - 1),
     )
 
 
 class ServedModel:
     def __init__(
         self,
-        config: ModelConfig,
+        config: VersionSpec,
         version: int,
         backend: Backend,
         default_max_queue_size: int,
@@ -119,15 +136,15 @@ class ServedModel:
         self.model_outputs: list[TensorSpec] = public_outputs(config)
         self.inputs: list[TensorSpec] = processing.public_inputs if processing else self.model_inputs
         self.outputs: list[TensorSpec] = processing.public_outputs if processing else self.model_outputs
-        self.optional_inputs = frozenset(t.name for t in config.input if t.optional)
+        self.optional_inputs = frozenset(t.name for t in config.inputs if t.optional)
         self.output_names = [spec.name for spec in self.model_outputs]
+        # What every request is checked against, built once for the version.
+        self.schema = RequestSchema(self.label, self.inputs, self.outputs, config.max_batch_size, self.optional_inputs)
         self.state = ModelState.READY
         self.stats = ModelStats()
         self.observer: Observer = observer or NullObserver()
-        self._input_reshape = {
-            t.name: tuple(t.reshape.shape) for t in config.input if t.HasField("reshape")
-        }
-        self._output_reshape = {t.name: tuple(t.dims) for t in config.output if t.HasField("reshape")}
+        self._input_reshape = {t.name: t.reshape for t in config.inputs if t.reshape is not None}
+        self._output_reshape = {t.name: t.dims for t in config.outputs if t.reshape is not None}
         self._ragged = ragged_plan(config, self.label)  # may refuse the config, so before the threads
         # Executions shorter than this run on the event loop itself: for a tiny model, handing the
         # work to the instance thread and back costs more than the work.
@@ -154,7 +171,7 @@ class ServedModel:
 
     @property
     def max_batch_size(self) -> int:
-        return int(self.config.max_batch_size)
+        return self.config.max_batch_size
 
     def prepare(self, request: Validated) -> Validated:
         """Pre-processing and backend input conversion, per request, so bad data never reaches a batch."""
@@ -197,19 +214,15 @@ class ServedModel:
         if self._ragged is not None:
             results = [cut(result, item.payload.inputs, self._ragged) for result, item in zip(results, items)]
         finished = time.perf_counter_ns()
-        self._record_batch(items, prepared - started, ran - prepared, finished - ran)
-        self.observer.batch_executed(
-            self,
-            BatchTiming(
-                rows=sum(item.rows for item in items),
-                queue_seconds=[item.taken_at - item.enqueued_at for item in items],
-                input_seconds=(prepared - started) / 1e9,
-                infer_seconds=(ran - prepared) / 1e9,
-                output_seconds=(finished - ran) / 1e9,
-            ),
-            batch,
-            outputs,
+        timing = BatchTiming(
+            rows=sum(item.rows for item in items),
+            queue_seconds=[item.taken_at - item.enqueued_at for item in items],
+            input_seconds=(prepared - started) / 1e9,
+            infer_seconds=(ran - prepared) / 1e9,
+            output_seconds=(finished - ran) / 1e9,
         )
+        self.stats.record_batch(timing)
+        self.observer.batch_executed(self, timing, batch, outputs)
         return results
 
     @property
@@ -253,24 +266,6 @@ class ServedModel:
             return array
         lead = array.shape[:1] if self.max_batch_size > 0 else ()
         return np.reshape(array, lead + shape)
-
-    def _record_batch(self, items: Sequence[Pending[Validated, Outputs]], input_ns: int, infer_ns: int, output_ns: int) -> None:
-        stats = self.stats
-        rows = sum(item.rows for item in items)
-        stats.execution_count += 1
-        stats.inference_count += rows
-        stats.last_inference_ms = int(time.time() * 1000)
-        # Triton counts compute time once per request: each request of the batch "spent" the batch's time.
-        count = len(items)
-        stats.compute_input.add(input_ns * count, count)
-        stats.compute_infer.add(infer_ns * count, count)
-        stats.compute_output.add(output_ns * count, count)
-        for item in items:
-            stats.queue.add(int((item.taken_at - item.enqueued_at) * 1e9))
-        per_size = stats.batch_stats.setdefault(rows, (Duration(), Duration(), Duration()))
-        per_size[0].add(input_ns)
-        per_size[1].add(infer_ns)
-        per_size[2].add(output_ns)
 
     async def close(self) -> None:
         """Drain queued and running requests, then stop the instance threads and free the sessions."""

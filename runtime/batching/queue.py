@@ -8,6 +8,7 @@ numpy or transports: it hands payloads to an injected `run_batch`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import time
@@ -77,12 +78,11 @@ RunBatch = Callable[[int, Sequence[Pending[P, R]]], Awaitable[Sequence[R]]]
 
 @dataclass(slots=True)
 class QueueStats:
+    """What is waiting now (the queue-depth gauge reads `queued`). Batch and request counters are the
+    model's (runtime.model.ModelStats, fed once per batch), not the queue's."""
+
     queued: int = 0
-    running_batches: int = 0
-    rejected_full: int = 0
-    timed_out: int = 0
-    cancelled: int = 0
-    level_queued: list[int] = field(default_factory=list)
+    level_queued: list[int] = field(default_factory=list)  # per priority level
 
 
 class BatchQueue(Generic[P, R]):
@@ -99,8 +99,12 @@ class BatchQueue(Generic[P, R]):
         # True when run_batch will finish without suspending (execution on the event loop itself):
         # then the fast path runs it in the caller's task, with no task of its own.
         self._runs_inline = runs_inline
-        self._levels: list[list[Pending[P, R]]] = [[] for _ in policy.levels]
-        self._delayed: list[Pending[P, R]] = []  # timed out under DELAY: served after everything else
+        self._levels: list[collections.deque[Pending[P, R]]] = [collections.deque() for _ in policy.levels]
+        self._delayed: collections.deque[Pending[P, R]] = collections.deque()  # timed out under DELAY: served last
+        # Levels in the order they are served, then the delayed ones: built once, scanned per batch.
+        self._queues: tuple[collections.deque[Pending[P, R]], ...] = (*self._levels, self._delayed)
+        # Rows queued per group key, so a batch's size is known without walking the queues.
+        self._group_rows: dict[Hashable, int] = {}
         self.stats = QueueStats(level_queued=[0] * len(policy.levels))
         self._closing = False
         # Made lazily inside the running loop (a queue may be built before the loop starts).
@@ -127,7 +131,6 @@ class BatchQueue(Generic[P, R]):
         level = self._level_index(priority)
         policy = self.policy.levels[level]
         if policy.max_queue_size and self.stats.level_queued[level] >= policy.max_queue_size:
-            self.stats.rejected_full += 1
             raise QueueFull(
                 f"model {self.name}: queue is full ({policy.max_queue_size} requests waiting); retry later"
             )
@@ -143,6 +146,7 @@ class BatchQueue(Generic[P, R]):
         self._levels[level].append(item)
         self.stats.queued += 1
         self.stats.level_queued[level] += 1
+        self._group_rows[group] = self._group_rows.get(group, 0) + rows
         assert self._wakeup is not None and self._free_instances is not None
         if self.stats.queued == 1 and self.policy.max_delay_s == 0 and not self._free_instances.empty():
             # Nothing to wait for and an instance idle: run now, without a trip through the dispatcher.
@@ -158,7 +162,6 @@ class BatchQueue(Generic[P, R]):
             return await item.future
         except asyncio.CancelledError:
             if item.state is _State.QUEUED:
-                self.stats.cancelled += 1
                 self._withdraw(item)
             raise
 
@@ -197,9 +200,19 @@ class BatchQueue(Generic[P, R]):
         item.state = _State.WITHDRAWN
         if item.timer is not None:
             item.timer.cancel()
+        self._dequeued(item)
+        self._signal_if_idle()
+
+    def _dequeued(self, item: Pending[P, R]) -> None:
+        """Counts for an item that leaves the queued state (taken or withdrawn; it may stay in a deque,
+        skipped as stale, until a scan reaches it)."""
         self.stats.queued -= 1
         self.stats.level_queued[item.level] -= 1
-        self._signal_if_idle()
+        left = self._group_rows[item.group] - item.rows
+        if left:
+            self._group_rows[item.group] = left
+        else:
+            del self._group_rows[item.group]
 
     def _expire(self, item: Pending[P, R]) -> None:
         if item.state is not _State.QUEUED:
@@ -210,7 +223,6 @@ class BatchQueue(Generic[P, R]):
                 self._levels[item.level].remove(item)
                 self._delayed.append(item)
             return
-        self.stats.timed_out += 1
         self._withdraw(item)
         if not item.future.done():
             waited_us = (time.monotonic() - item.enqueued_at) * 1e6
@@ -218,26 +230,16 @@ class BatchQueue(Generic[P, R]):
                 RequestTimeout(f"model {self.name}: request timed out in the queue after {waited_us:.0f} us")
             )
 
-    def _queues_in_order(self) -> list[list[Pending[P, R]]]:
-        return [*self._levels, self._delayed]
-
     def _first_queued(self) -> Pending[P, R] | None:
-        for queue in self._queues_in_order():
+        for queue in self._queues:
             while queue and queue[0].state is not _State.QUEUED:
-                queue.pop(0)
+                queue.popleft()  # taken or withdrawn earlier
             if queue:
                 return queue[0]
         return None
 
-    def _rows_available(self, group: Hashable, limit: int) -> int:
-        rows = 0
-        for queue in self._queues_in_order():
-            for item in queue:
-                if item.state is _State.QUEUED and item.group == group:
-                    rows += item.rows
-                    if rows >= limit:
-                        return rows
-        return rows
+    def _rows_available(self, group: Hashable) -> int:
+        return self._group_rows.get(group, 0)
 
     def _target_rows(self, available: int) -> int | None:
         """Rows to dispatch now, or None to keep waiting for the window."""
@@ -250,31 +252,33 @@ class BatchQueue(Generic[P, R]):
         return max(fitting) if fitting else None
 
     def _take(self, group: Hashable, target_rows: int) -> list[Pending[P, R]]:
+        """Requests of `group` in serving order, up to `target_rows` rows (at least one request). Each
+        queue is walked from its head only until the batch is full; what is passed over keeps its place."""
         batch: list[Pending[P, R]] = []
         rows = 0
         limit = max(target_rows, 1)
-        for queue in self._queues_in_order():
+        batching = self.policy.batching
+        for queue in self._queues:
+            if rows >= limit:
+                break
             kept: list[Pending[P, R]] = []
-            for item in queue:
+            while queue and rows < limit:
+                item = queue.popleft()
                 if item.state is not _State.QUEUED:
-                    continue
-                fits = item.group == group and (
-                    not batch or (self.policy.batching and rows + item.rows <= limit)
-                )
-                if fits and rows < limit:
+                    continue  # stale: taken or withdrawn earlier
+                if item.group == group and (not batch or (batching and rows + item.rows <= limit)):
                     batch.append(item)
                     rows += item.rows
                 else:
                     kept.append(item)
-            queue[:] = kept
+            queue.extendleft(reversed(kept))
         now = time.monotonic()
         for item in batch:
             item.state = _State.TAKEN
             item.taken_at = now
             if item.timer is not None:
                 item.timer.cancel()
-            self.stats.queued -= 1
-            self.stats.level_queued[item.level] -= 1
+            self._dequeued(item)
         return batch
 
     # ---- dispatcher -------------------------------------------------------------------------
@@ -330,7 +334,7 @@ class BatchQueue(Generic[P, R]):
             if first is None:
                 return []
             limit = self.policy.max_batch_rows or first.rows
-            target = self._target_rows(self._rows_available(first.group, limit))
+            target = self._target_rows(self._rows_available(first.group))
             remaining = first.enqueued_at + self.policy.max_delay_s - time.monotonic()
             if target is not None or remaining <= 0:
                 return self._take(first.group, target or limit)

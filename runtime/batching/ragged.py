@@ -7,14 +7,16 @@ padding", says when that is safe). Pure and sync, like collate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import TYPE_CHECKING, Hashable, Sequence
 
 import numpy as np
 
 from runtime.batching.collate import gather_rows
 from runtime.errors import ModelLoadError
-from runtime._pb import model_config_pb2 as mc
 from runtime.types import Array
+
+if TYPE_CHECKING:
+    from runtime.repository.model_config import VersionSpec
 
 PARAMETER = "ragged_padding"
 
@@ -27,9 +29,9 @@ class RaggedPlan:
     output_axes: dict[str, tuple[tuple[int, str], ...]]
 
 
-def ragged_plan(config: mc.ModelConfig, where: str) -> RaggedPlan | None:
+def ragged_plan(config: VersionSpec, where: str) -> RaggedPlan | None:
     """The padding plan the config asks for, or None; a load error when it cannot be done safely."""
-    flattened = [tensor.name for tensor in config.input if tensor.allow_ragged_batch]
+    flattened = [tensor.name for tensor in config.inputs if tensor.allow_ragged_batch]
     if flattened:
         raise ModelLoadError(
             f"{where}: allow_ragged_batch on {flattened}: Triton's ragged batching (inputs flattened, "
@@ -37,19 +39,19 @@ def ragged_plan(config: mc.ModelConfig, where: str) -> RaggedPlan | None:
             '{ string_value: "true" } } batches ragged requests by padding instead'
         )
     parameter = config.parameters.get(PARAMETER)
-    if parameter is None or parameter.string_value.strip().lower() in ("", "false", "0", "no"):
+    if parameter is None or parameter.strip().lower() in ("", "false", "0", "no"):
         return None
-    if parameter.string_value.strip().lower() not in ("true", "1", "yes"):
-        raise ModelLoadError(f"{where}: parameter {PARAMETER} must be true or false, got {parameter.string_value!r}")
+    if parameter.strip().lower() not in ("true", "1", "yes"):
+        raise ModelLoadError(f"{where}: parameter {PARAMETER} must be true or false, got {parameter!r}")
     if config.max_batch_size <= 0:
         raise ModelLoadError(f"{where}: {PARAMETER} needs a batch dimension (max_batch_size > 0)")
     input_axes = {
-        tensor.name: tuple(axis for axis, dim in enumerate(tensor.dims) if dim < 0) for tensor in config.input
+        tensor.name: tuple(axis for axis, dim in enumerate(tensor.dims) if dim < 0) for tensor in config.inputs
     }
     if not any(input_axes.values()):
         raise ModelLoadError(f"{where}: {PARAMETER} is set but no input has a variable (-1) dim to pad")
     output_axes: dict[str, tuple[tuple[int, str], ...]] = {}
-    for tensor in config.output:
+    for tensor in config.outputs:
         cuts: list[tuple[int, str]] = []
         for axis, dim in enumerate(tensor.dims):
             if dim >= 0:

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from runtime.errors import ModelLoadError
 from runtime.processing.classification import classify_outputs, config_labels
 from runtime.processing.spec import SpecError, find_spec, read_spec
-from runtime.repository.model_config import ModelConfig
-from runtime._pb import model_config_pb2 as mc
-from runtime.types import DATATYPE_TO_CONFIG, Array, TensorSpec
+from runtime.repository.model_config import ModelConfig, VersionSpec, public_config_message
+from runtime.types import Array, TensorSpec
 
 if TYPE_CHECKING:
     from runtime.processing.pipeline import Pipeline
@@ -46,7 +45,7 @@ class Processing(Protocol):
         ...
 
 
-def load_processing(model_dir: Path, version_dir: Path, config: ModelConfig) -> Processing | None:
+def load_processing(model_dir: Path, version_dir: Path, config: VersionSpec) -> Processing | None:
     """The model version's processing, or None when it declares none.
 
     The spec is `<version>/processing.json`, else `<model>/processing.json`. Also checks that the outputs'
@@ -65,29 +64,11 @@ def load_processing(model_dir: Path, version_dir: Path, config: ModelConfig) -> 
         raise ModelLoadError(f"model {config.name!r}: {path}: {exc}") from None
 
 
-def public_config(config: ModelConfig, processing: Processing | None) -> ModelConfig:
+def public_config(config: VersionSpec, processing: Processing | None) -> ModelConfig:
     """The config clients see: with processing, its public inputs and outputs replace the model's own."""
     if processing is None:
-        return config
-    public = ModelConfig()
-    public.CopyFrom(config)
-    batched = config.max_batch_size > 0
-    labels = {t.name: t.label_filename for t in config.output if t.label_filename}
-    del public.input[:]
-    del public.output[:]
-    for spec in processing.public_inputs:
-        model_input = public.input.add()
-        model_input.name = spec.name
-        model_input.data_type = mc.DataType.Value(DATATYPE_TO_CONFIG[spec.datatype])  # type: ignore[assignment]
-        model_input.dims.extend(spec.shape[1:] if batched else spec.shape)
-    for spec in processing.public_outputs:
-        model_output = public.output.add()
-        model_output.name = spec.name
-        model_output.data_type = mc.DataType.Value(DATATYPE_TO_CONFIG[spec.datatype])  # type: ignore[assignment]
-        model_output.dims.extend(spec.shape[1:] if batched else spec.shape)
-        if spec.name in labels:
-            model_output.label_filename = labels[spec.name]
-    return public
+        return config.config_message()
+    return public_config_message(config, processing.public_inputs, processing.public_outputs)
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 from runtime.errors import InvalidInput, ModelLoadError, quoted
 from runtime.processing import kernels
 from runtime.processing.postprocess import as_rows
-from runtime.repository.model_config import ModelConfig
+from runtime.repository.model_config import VersionSpec
 from runtime.repository.paths import inside
 from runtime.types import Array, RequestedOutput
 
@@ -35,13 +35,14 @@ class Classified(Protocol):
     def processing(self) -> object | None: ...
 
     @property
-    def config(self) -> ModelConfig: ...
+    def config(self) -> VersionSpec: ...
 
     @property
     def model_dir(self) -> Path: ...
 
     @property
     def version_dir(self) -> Path: ...
+
 
 __all__ = ["Classified", "classify", "classify_outputs", "config_labels", "output_labels"]
 
@@ -100,18 +101,18 @@ def output_labels(served: Classified, name: str) -> Sequence[str] | None:
     if lookup is not None:
         labels: Sequence[str] | None = lookup(name)
         return labels
-    for output in served.config.output:
+    for output in served.config.outputs:
         if output.name == name and output.label_filename:
             return config_labels(served.model_dir, served.config, served.version_dir).get(name)
     return None
 
 
-def config_labels(model_dir: Path, config: ModelConfig, version_dir: Path | None = None) -> dict[str, tuple[str, ...]]:
+def config_labels(model_dir: Path, config: VersionSpec, version_dir: Path | None = None) -> dict[str, tuple[str, ...]]:
     """Output name -> labels from the outputs' label_filename: a file in the model directory (Triton's place),
     else in the version directory; either way it must resolve inside that directory (paths.inside).
     ModelLoadError if neither can be read."""
     labels = {}
-    for output in config.output:
+    for output in config.outputs:
         if not output.label_filename:
             continue
         what = f"model {config.name!r}: output {output.name!r}: label_filename"

@@ -26,7 +26,7 @@ from runtime.processing.spec import (
     TopKSpec,
 )
 from runtime.processing.tabular import CategoricalStep, NumericStep
-from runtime.repository.model_config import ModelConfig, public_inputs, public_outputs
+from runtime.repository.model_config import VersionSpec, public_inputs, public_outputs
 from runtime.types import DATATYPE_TO_NUMPY, Array, TensorSpec
 
 PreStep = ImageStep | NumericStep | CategoricalStep
@@ -46,7 +46,7 @@ class _Target:
 class Pipeline:
     """Processing built from a ProcessingSpec and the model's (completed) config."""
 
-    def __init__(self, spec: ProcessingSpec, config: ModelConfig, config_labels: dict[str, tuple[str, ...]]) -> None:
+    def __init__(self, spec: ProcessingSpec, config: VersionSpec, config_labels: dict[str, tuple[str, ...]]) -> None:
         self.spec = spec
         self._targets = self._bind_pre(spec, public_inputs(config))
         self._public_inputs = self._collect_public_inputs()

@@ -134,9 +134,10 @@ def load_version(
     served: ServedModel | None = None
     try:
         _record_instance_groups(config, "cuda" if CUDA in backend.providers else "cpu")
-        processing = load_processing(model_dir.path, model_dir.version_path(version), config)
+        spec = mcfg.version_spec(config)  # the core takes plain values from here on
+        processing = load_processing(model_dir.path, model_dir.version_path(version), spec)
         served = ServedModel(
-            config,
+            spec,
             version,
             backend,
             settings.default_max_queue_size,
@@ -146,7 +147,7 @@ def load_version(
             inline_execution_us=settings.inline_execution_us,
         )
         try:
-            _warm_up(served, model_dir.path)
+            _warm_up(served, config, model_dir.path)
         except Exception as exc:
             raise ModelLoadError(f"{served.label}: warm-up failed: {exc}") from None
     except BaseException:
@@ -226,9 +227,9 @@ def _int_parameter(config: mc.ModelConfig, key: str) -> int:
         raise ModelLoadError(f"model {config.name!r}: parameter {key} must be an integer, got {text!r}") from None
 
 
-def _warm_up(served: ServedModel, model_dir: Path) -> None:
+def _warm_up(served: ServedModel, config: mc.ModelConfig, model_dir: Path) -> None:
     rng = np.random.default_rng(0)
-    for warmup in served.config.model_warmup:
+    for warmup in config.model_warmup:
         inputs = {}
         batch = (max(1, warmup.batch_size),) if served.max_batch_size > 0 else ()
         for name, spec in warmup.inputs.items():

@@ -1,14 +1,18 @@
-"""config.pbtxt -> our ModelConfig message; completion and checks against the ONNX graph.
+"""config.pbtxt -> our ModelConfig message; completion and checks against the ONNX graph; the
+completed message as plain frozen values (VersionSpec) for the core.
 
 The config schema is Triton's (field names and numbers), restricted to what this runtime
 implements. A field we do not implement is a load error that names it, never silently ignored.
+This module (with limits.py, which checks the message's ranges) is the only importer of the generated
+config protobuf: the model, batching, processing and the engine take a VersionSpec; the message itself
+comes back only where the public config is served (VersionSpec.config_message, public_config_message).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import onnx
 from google.protobuf import descriptor as pb_descriptor
@@ -56,6 +60,130 @@ class GraphTensor:
 class GraphSignature:
     inputs: tuple[GraphTensor, ...]
     outputs: tuple[GraphTensor, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorConfig:
+    """One input or output of a completed config, without the batch dim."""
+
+    name: str
+    datatype: str  # V2 name, e.g. "FP32"
+    dims: tuple[int, ...]  # -1 where variable
+    reshape: tuple[int, ...] | None = None  # the shape the model itself takes (inputs) or gives (outputs)
+    optional: bool = False
+    label_filename: str = ""
+    allow_ragged_batch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """Triton's ModelQueuePolicy (0: not set)."""
+
+    max_queue_size: int = 0
+    default_timeout_us: int = 0
+    allow_timeout_override: bool = False
+    delay_on_timeout: bool = False  # timeout_action DELAY (else REJECT)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """Triton's dynamic_batching block."""
+
+    max_queue_delay_us: int = 0
+    preferred_batch_size: tuple[int, ...] = ()
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    default_queue_policy: QueuePolicy = QueuePolicy()
+    priority_queue_policy: dict[int, QueuePolicy] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionSpec:
+    """A version's completed config as plain values: what the core reads. `message` is the completed
+    ModelConfig serialized, for the model-configuration extension (config_message)."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+    dynamic_batching: BatchingConfig | None
+    parameters: dict[str, str]  # string_value of each config parameter
+    message: bytes = field(repr=False, default=b"")
+
+    def config_message(self) -> mc.ModelConfig:
+        """The completed config as the protocol serves it (a new message each call)."""
+        return mc.ModelConfig.FromString(self.message)
+
+
+def version_spec(config: mc.ModelConfig) -> VersionSpec:
+    """The plain values of a (completed) config."""
+    batching = None
+    if config.HasField("dynamic_batching"):
+        block = config.dynamic_batching
+        batching = BatchingConfig(
+            max_queue_delay_us=int(block.max_queue_delay_microseconds),
+            preferred_batch_size=tuple(int(s) for s in block.preferred_batch_size),
+            priority_levels=int(block.priority_levels),
+            default_priority_level=int(block.default_priority_level),
+            default_queue_policy=_queue_policy(block.default_queue_policy),
+            priority_queue_policy={int(n): _queue_policy(p) for n, p in block.priority_queue_policy.items()},
+        )
+    return VersionSpec(
+        name=config.name,
+        platform=config.platform,
+        max_batch_size=int(config.max_batch_size),
+        inputs=tuple(_tensor_config(t) for t in config.input),
+        outputs=tuple(_tensor_config(t) for t in config.output),
+        dynamic_batching=batching,
+        parameters={key: value.string_value for key, value in config.parameters.items()},
+        message=config.SerializeToString(deterministic=True),
+    )
+
+
+def _queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
+    return QueuePolicy(
+        max_queue_size=int(policy.max_queue_size),
+        default_timeout_us=int(policy.default_timeout_microseconds),
+        allow_timeout_override=bool(policy.allow_timeout_override),
+        delay_on_timeout=policy.timeout_action == mc.ModelQueuePolicy.DELAY,
+    )
+
+
+def _tensor_config(tensor: Any) -> TensorConfig:
+    reshape = tuple(int(d) for d in tensor.reshape.shape) if tensor.HasField("reshape") else None
+    return TensorConfig(
+        name=tensor.name,
+        datatype=CONFIG_TO_DATATYPE.get(mc.DataType.Name(tensor.data_type), ""),
+        dims=tuple(int(d) for d in tensor.dims),
+        reshape=reshape,
+        optional=bool(getattr(tensor, "optional", False)),
+        label_filename=getattr(tensor, "label_filename", ""),
+        allow_ragged_batch=bool(getattr(tensor, "allow_ragged_batch", False)),
+    )
+
+
+def public_config_message(spec: VersionSpec, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> mc.ModelConfig:
+    """The served config with other public tensors (a processing model's) in place of the model's own;
+    an output keeps its label_filename. `inputs` and `outputs` have the batch dim when the model batches."""
+    public = spec.config_message()
+    batched = spec.max_batch_size > 0
+    labels = {t.name: t.label_filename for t in spec.outputs if t.label_filename}
+    del public.input[:]
+    del public.output[:]
+    for tensor in inputs:
+        model_input = public.input.add()
+        model_input.name = tensor.name
+        model_input.data_type = mc.DataType.Value(DATATYPE_TO_CONFIG[tensor.datatype])  # type: ignore[assignment]
+        model_input.dims.extend(tensor.shape[1:] if batched else tensor.shape)
+    for tensor in outputs:
+        model_output = public.output.add()
+        model_output.name = tensor.name
+        model_output.data_type = mc.DataType.Value(DATATYPE_TO_CONFIG[tensor.datatype])  # type: ignore[assignment]
+        model_output.dims.extend(tensor.shape[1:] if batched else tensor.shape)
+        if tensor.name in labels:
+            model_output.label_filename = labels[tensor.name]
+    return public
 
 
 def parse_config_text(text: str, source: str) -> mc.ModelConfig:
@@ -277,18 +405,17 @@ def instance_count(config: mc.ModelConfig) -> int:
     return max(1, sum(group.count or 1 for group in config.instance_group))
 
 
-def public_inputs(config: mc.ModelConfig) -> list[TensorSpec]:
-    return [_public(t, config.max_batch_size) for t in config.input]
+def public_inputs(spec: VersionSpec) -> list[TensorSpec]:
+    return [_public(t, spec.max_batch_size) for t in spec.inputs]
 
 
-def public_outputs(config: mc.ModelConfig) -> list[TensorSpec]:
-    return [_public(t, config.max_batch_size) for t in config.output]
+def public_outputs(spec: VersionSpec) -> list[TensorSpec]:
+    return [_public(t, spec.max_batch_size) for t in spec.outputs]
 
 
-def _public(tensor: Any, max_batch_size: int) -> TensorSpec:
+def _public(tensor: TensorConfig, max_batch_size: int) -> TensorSpec:
     batch = (-1,) if max_batch_size > 0 else ()
-    datatype = CONFIG_TO_DATATYPE[mc.DataType.Name(tensor.data_type)]
-    return TensorSpec(tensor.name, datatype, batch + tuple(int(d) for d in tensor.dims))
+    return TensorSpec(tensor.name, tensor.datatype, batch + tensor.dims)
 
 
 def config_to_json(config: mc.ModelConfig) -> dict[str, Any]:

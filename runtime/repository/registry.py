@@ -30,7 +30,6 @@ from runtime.monitoring.observer import NullObserver, Observer
 from runtime.repository import loader
 from runtime.repository import model_config as mcfg
 from runtime.repository.store import ModelDir, RepositoryStore, StagedUpload, check_model_name, stage_upload
-from runtime._pb import model_config_pb2 as mc
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class Snapshot:
     """What a model served before a change, for rollback."""
 
     versions: tuple[int, ...]
-    override: mc.ModelConfig | None
+    override: mcfg.ModelConfig | None
     weights: dict[int, float]
     labels: dict[str, int]
 
@@ -75,7 +74,7 @@ class ModelEntry:
     weights: dict[int, float] = field(default_factory=dict)  # traffic split for requests naming no version
     labels: dict[str, int] = field(default_factory=dict)  # e.g. stable -> 1, canary -> 2
     history: list[Snapshot] = field(default_factory=list)
-    override: mc.ModelConfig | None = None
+    override: mcfg.ModelConfig | None = None
     error: str = ""  # model-level failure (bad config.pbtxt, no versions)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _credit: dict[int, float] = field(default_factory=dict)  # smooth weighted round-robin state
@@ -142,7 +141,7 @@ class ModelRegistry:
     async def load(
         self,
         name: str,
-        override: mc.ModelConfig | None = None,
+        override: mcfg.ModelConfig | None = None,
         files: dict[str, bytes] | None = None,
         allowed_versions: set[int] | None = None,
     ) -> list[int]:
@@ -190,7 +189,7 @@ class ModelRegistry:
         return sorted(new_records)
 
     async def _load_versions(
-        self, entry: ModelEntry, model_dir: ModelDir, declared: mc.ModelConfig, versions: list[int]
+        self, entry: ModelEntry, model_dir: ModelDir, declared: mcfg.ModelConfig, versions: list[int]
     ) -> dict[int, VersionRecord]:
         records: dict[int, VersionRecord] = {}
         fresh: list[ServedModel] = []
@@ -242,7 +241,7 @@ class ModelRegistry:
             raise
         return records
 
-    def _check_budget(self, entry: ModelEntry, model_dir: ModelDir, declared: mc.ModelConfig, versions: list[int]) -> None:
+    def _check_budget(self, entry: ModelEntry, model_dir: ModelDir, declared: mcfg.ModelConfig, versions: list[int]) -> None:
         budget = self._settings.model_memory_budget_bytes
         if not budget or not versions:
             return
@@ -255,7 +254,7 @@ class ModelRegistry:
                 f"{in_use} of the {budget}-byte memory budget are in use"
             )
 
-    def _swap(self, entry: ModelEntry, new_records: dict[int, VersionRecord], override: mc.ModelConfig | None) -> None:
+    def _swap(self, entry: ModelEntry, new_records: dict[int, VersionRecord], override: mcfg.ModelConfig | None) -> None:
         if entry.serving:
             entry.history.append(entry.snapshot())
             del entry.history[:-MAX_HISTORY]

@@ -15,6 +15,7 @@ from runtime.engine import Engine
 from runtime.errors import ModelLoadError
 from runtime.examples import save_model
 from runtime._pb import model_config_pb2 as mc
+from runtime.repository.model_config import VersionSpec, version_spec
 from runtime.types import InferRequest
 from google.protobuf import text_format
 from tests.engine import OpenEngine
@@ -28,8 +29,8 @@ IO = (
 )
 
 
-def config(text: str) -> mc.ModelConfig:
-    return text_format.Parse(text, mc.ModelConfig(name="m"))
+def config(text: str) -> VersionSpec:
+    return version_spec(text_format.Parse(text, mc.ModelConfig(name="m")))
 
 
 # ---- the pure part: plan, key, pad and cut -------------------------------------------------------

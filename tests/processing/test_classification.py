@@ -10,7 +10,7 @@ import pytest
 
 from runtime.errors import InvalidInput
 from runtime.processing.classification import classify, classify_outputs
-from runtime.repository.model_config import parse_config_text
+from runtime.repository.model_config import parse_config_text, version_spec
 from runtime.types import RequestedOutput
 
 LABEL = "model 'toy' version 1"
@@ -58,11 +58,11 @@ def test_bytes_outputs_cannot_be_classified() -> None:
 
 
 def served(tmp_path: Path, processing: object = None) -> Any:
-    config = parse_config_text(
+    config = version_spec(parse_config_text(
         'name: "toy" max_batch_size: 4 output [ { name: "P" data_type: TYPE_FP32 dims: [ 3 ] label_filename: "l.txt" },'
         ' { name: "Q" data_type: TYPE_FP32 dims: [ 3 ] } ]',
         "config.pbtxt",
-    )
+    ))
     (tmp_path / "l.txt").write_text("red\ngreen\nblue\n")
     return SimpleNamespace(
         label=LABEL, max_batch_size=4, processing=processing, config=config, model_dir=tmp_path, version_dir=tmp_path / "1"

@@ -10,7 +10,7 @@ import pytest
 from tests.processing import reference as ref
 from runtime.examples import IMAGE_CLASSIFIER_LABELS, TABULAR_VOCABULARY, write_example_repository
 from runtime.processing import Pipeline, load_processing
-from runtime.repository.model_config import read_config_file
+from runtime.repository.model_config import read_config_file, version_spec
 
 LABEL = "model 'example' version 1"
 
@@ -21,7 +21,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def load(repository: Path, name: str) -> tuple[Pipeline, ort.InferenceSession]:
-    processing = load_processing(repository / name, repository / name / "1", read_config_file(repository / name))
+    processing = load_processing(repository / name, repository / name / "1", version_spec(read_config_file(repository / name)))
     assert isinstance(processing, Pipeline)
     session = ort.InferenceSession(str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     return processing, session

@@ -17,7 +17,7 @@ import pytest
 from tests.processing import reference as ref
 from runtime.errors import InvalidInput
 from runtime.processing import Pipeline, load_processing
-from runtime.repository.model_config import parse_config_text
+from runtime.repository.model_config import parse_config_text, version_spec
 
 LABEL = "model 'toy' version 1"
 MEAN, STD, SCALE = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1 / 255
@@ -29,7 +29,7 @@ def make(tmp_path: Path, config: str, spec: dict[str, Any], files: dict[str, str
     for name, text in (files or {}).items():
         (version_dir / name).write_text(text)
     (version_dir / "processing.json").write_text(json.dumps(spec))
-    processing = load_processing(tmp_path / "toy", version_dir, parse_config_text(config, "config.pbtxt"))
+    processing = load_processing(tmp_path / "toy", version_dir, version_spec(parse_config_text(config, "config.pbtxt")))
     assert isinstance(processing, Pipeline)
     return processing
 

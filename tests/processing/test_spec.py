@@ -12,7 +12,7 @@ import pytest
 from runtime.errors import ModelLoadError
 from runtime.processing import Pipeline, load_processing, public_config
 from runtime.processing.spec import SPEC_FILENAME
-from runtime.repository.model_config import parse_config_text
+from runtime.repository.model_config import parse_config_text, version_spec
 
 CONFIG = """
 name: "toy"
@@ -56,7 +56,7 @@ def write_model(root: Path, spec: object, *, raw: str | None = None, where: str 
 
 def load(root: Path, spec: object, config_text: str = CONFIG, **kwargs: Any) -> Any:
     model_dir, version_dir = write_model(root, spec, **kwargs)
-    return load_processing(model_dir, version_dir, parse_config_text(config_text, "config.pbtxt"))
+    return load_processing(model_dir, version_dir, version_spec(parse_config_text(config_text, "config.pbtxt")))
 
 
 def test_a_good_spec_loads_and_shows_public_tensors(tmp_path: Path) -> None:
@@ -77,27 +77,27 @@ def test_a_good_spec_loads_and_shows_public_tensors(tmp_path: Path) -> None:
     ]
     assert processing.output_labels("PROBABILITIES") == ("w", "x", "y", "z")
     assert processing.output_labels("LOGITS") is None
-    config = public_config(parse_config_text(CONFIG, "config.pbtxt"), processing)
+    config = public_config(version_spec(parse_config_text(CONFIG, "config.pbtxt")), processing)
     assert [(t.name, list(t.dims)) for t in config.input] == [("IMAGE", [1]), ("NUMERIC", [3]), ("CATEGORIES", [1]), ("EXTRA", [2])]
     assert [t.name for t in config.output] == ["LOGITS", "SCORE", "PROBABILITIES", "TOP", "DECISION"]
 
 
 def test_no_spec_means_no_processing(tmp_path: Path) -> None:
     (tmp_path / "toy" / "1").mkdir(parents=True)
-    config = parse_config_text(CONFIG, "config.pbtxt")
+    config = version_spec(parse_config_text(CONFIG, "config.pbtxt"))
     assert load_processing(tmp_path / "toy", tmp_path / "toy" / "1", config) is None
-    assert public_config(config, None) is config
+    assert public_config(config, None) == config.config_message()
 
 
 def test_the_version_spec_wins_over_the_model_spec(tmp_path: Path) -> None:
     only_softmax = {"postprocess": [{"type": "softmax", "input": "LOGITS"}]}
     model_dir, version_dir = write_model(tmp_path, {"bad": 1}, where="model")
     (version_dir / SPEC_FILENAME).write_text(json.dumps(only_softmax))
-    processing = load_processing(model_dir, version_dir, parse_config_text(CONFIG, "c"))
+    processing = load_processing(model_dir, version_dir, version_spec(parse_config_text(CONFIG, "c")))
     assert processing is not None and [t.name for t in processing.public_outputs] == ["LOGITS", "SCORE"]
     (version_dir / SPEC_FILENAME).unlink()
     with pytest.raises(ModelLoadError, match=r"toy/processing.json: the spec: unknown field 'bad'"):
-        load_processing(model_dir, version_dir, parse_config_text(CONFIG, "c"))
+        load_processing(model_dir, version_dir, version_spec(parse_config_text(CONFIG, "c")))
 
 
 def mutate(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -198,7 +198,7 @@ def test_model_input_of_the_wrong_type_or_shape(tmp_path: Path) -> None:
 
 def test_a_missing_label_filename_fails_the_load_as_in_triton(tmp_path: Path) -> None:
     (tmp_path / "toy" / "1").mkdir(parents=True)
-    config = parse_config_text(CONFIG.replace('dims: [ 4 ] }', 'dims: [ 4 ] label_filename: "classes.txt" }'), "c")
+    config = version_spec(parse_config_text(CONFIG.replace('dims: [ 4 ] }', 'dims: [ 4 ] label_filename: "classes.txt" }'), "c"))
     with pytest.raises(ModelLoadError, match=r"output 'LOGITS': label_filename 'classes.txt': cannot read"):
         load_processing(tmp_path / "toy", tmp_path / "toy" / "1", config)
     (tmp_path / "toy" / "1" / "classes.txt").write_text("a\nb\nc\nd\n")  # the version directory will do
