@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import uvicorn
-from prometheus_client.utils import floatToGoString
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -159,9 +158,3 @@ async def test_on_headers_complete_runs_the_app_the_protocol_holds_then() -> Non
     finally:
         protocol.connection_lost(None)
 
-
-def test_prometheus_float_to_go_string_writes_bucket_bounds_as_before() -> None:
-    assert _parameters(floatToGoString) == ["d"]
-    assert [floatToGoString(v) for v in (0.5, 1.0, 1e-05, float("inf"), float("-inf"))] == [
-        "0.5", "1.0", "1e-05", "+Inf", "-Inf",
-    ]
