@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with the connection guards it lacks (slow, stalled and greedy clients)."""
+"""uvicorn's httptools protocol with the connection guards it lacks (slow, stalled and greedy clients),
+for every HTTP port (inference, admin, metrics)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +9,7 @@ import orjson
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from runtime.server.http.responses import JSON
-
+JSON = "application/json"
 
 _OVERLOADED = orjson.dumps({"error": "too many concurrent HTTP connections or requests; retry later"})
 

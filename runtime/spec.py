@@ -1,0 +1,73 @@
+"""A version's completed config as plain values: what the model, batching and processing read.
+
+repository/model_config.py makes these from the config protobuf (version_spec) and is the one
+module that knows the protobuf; everything below it takes these instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime.types import TensorSpec
+
+
+@dataclass(frozen=True, slots=True)
+class TensorConfig:
+    """One input or output of a completed config, without the batch dim."""
+
+    name: str
+    datatype: str  # V2 name, e.g. "FP32"
+    dims: tuple[int, ...]  # -1 where variable
+    reshape: tuple[int, ...] | None = None  # the shape the model itself takes (inputs) or gives (outputs)
+    optional: bool = False
+    label_filename: str = ""
+    allow_ragged_batch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """Triton's ModelQueuePolicy (0: not set)."""
+
+    max_queue_size: int = 0
+    default_timeout_us: int = 0
+    allow_timeout_override: bool = False
+    delay_on_timeout: bool = False  # timeout_action DELAY (else REJECT)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """Triton's dynamic_batching block."""
+
+    max_queue_delay_us: int = 0
+    preferred_batch_size: tuple[int, ...] = ()
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    default_queue_policy: QueuePolicy = QueuePolicy()
+    priority_queue_policy: dict[int, QueuePolicy] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionSpec:
+    """A version's completed config as plain values: what the core reads. `message` is the completed
+    ModelConfig serialized, for the model-configuration extension (config_message)."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+    dynamic_batching: BatchingConfig | None
+    parameters: dict[str, str]  # string_value of each config parameter
+    message: bytes = field(repr=False, default=b"")
+
+
+def public_inputs(spec: VersionSpec) -> list[TensorSpec]:
+    return [_public(t, spec.max_batch_size) for t in spec.inputs]
+
+
+def public_outputs(spec: VersionSpec) -> list[TensorSpec]:
+    return [_public(t, spec.max_batch_size) for t in spec.outputs]
+
+
+def _public(tensor: TensorConfig, max_batch_size: int) -> TensorSpec:
+    batch = (-1,) if max_batch_size > 0 else ()
+    return TensorSpec(tensor.name, tensor.datatype, batch + tensor.dims)
