@@ -12,8 +12,8 @@ from runtime import SERVER_NAME, __version__, statistics
 from runtime.errors import InvalidInput
 from runtime.model import ModelState, ServedModel
 from runtime.monitoring.observer import SUCCESS, NullObserver, Observer, outcome_of
-from runtime.processing import classify_outputs, public_config
-from runtime.repository.model_config import ModelConfig
+from runtime.processing import classify_outputs
+from runtime.repository.model_config import ModelConfig, config_message, public_config_message
 from runtime.repository.registry import ModelRegistry, VersionRecord
 from runtime.statistics import ModelStatistics
 from runtime.types import InferRequest, InferResponse, TensorSpec
@@ -80,7 +80,10 @@ class Engine:
 
     def model_config(self, name: str, version: str = "") -> ModelConfig:
         served = self.registry.get(name, version)
-        return public_config(served.config, served.processing)  # processing models show their public tensors
+        if served.processing is None:
+            return config_message(served.config)
+        # A processing model shows its public tensors in place of the ONNX graph's.
+        return public_config_message(served.config, served.processing.public_inputs, served.processing.public_outputs)
 
     def index(self) -> list[VersionRecord]:
         return self.registry.records()

@@ -21,7 +21,7 @@ from runtime.batching.workers import InstanceWorkers, WorkersUnavailable
 from runtime.processing import Processing
 from runtime.monitoring.observer import BatchTiming, NullObserver, Observer
 from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
-from runtime.repository.model_config import QueuePolicy, VersionSpec, public_inputs, public_outputs
+from runtime.spec import QueuePolicy, VersionSpec, public_inputs, public_outputs
 from runtime.types import Array, TensorSpec
 from runtime.validate import RequestSchema, Validated
 

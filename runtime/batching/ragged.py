@@ -16,7 +16,7 @@ from runtime.errors import ModelLoadError
 from runtime.types import Array
 
 if TYPE_CHECKING:
-    from runtime.repository.model_config import VersionSpec
+    from runtime.spec import VersionSpec
 
 PARAMETER = "ragged_padding"
 

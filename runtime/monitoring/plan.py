@@ -224,7 +224,7 @@ def _first_file(info: VersionInfo, filename: str) -> Path:
 def _read_labels(info: VersionInfo, filename: str) -> list[str]:
     # The same rule as the load's (paths.inside): a name that leads outside is never opened.
     from runtime.errors import ModelLoadError
-    from runtime.repository.paths import inside
+    from runtime.paths import inside
 
     for base in (info.model_dir, info.version_dir):
         try:

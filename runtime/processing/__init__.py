@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from runtime.errors import ModelLoadError
 from runtime.processing.classification import classify_outputs, config_labels
 from runtime.processing.spec import SpecError, find_spec, read_spec
-from runtime.repository.model_config import ModelConfig, VersionSpec, public_config_message
+from runtime.spec import VersionSpec
 from runtime.types import Array, TensorSpec
 
 if TYPE_CHECKING:
     from runtime.processing.pipeline import Pipeline
 
-__all__ = ["Pipeline", "Processing", "classify_outputs", "load_processing", "public_config"]
+__all__ = ["Pipeline", "Processing", "classify_outputs", "load_processing"]
 
 
 class Processing(Protocol):
@@ -62,13 +62,6 @@ def load_processing(model_dir: Path, version_dir: Path, config: VersionSpec) -> 
         return Pipeline(read_spec(path, version_dir), config, labels)
     except SpecError as exc:
         raise ModelLoadError(f"model {config.name!r}: {path}: {exc}") from None
-
-
-def public_config(config: VersionSpec, processing: Processing | None) -> ModelConfig:
-    """The config clients see: with processing, its public inputs and outputs replace the model's own."""
-    if processing is None:
-        return config.config_message()
-    return public_config_message(config, processing.public_inputs, processing.public_outputs)
 
 
 def __getattr__(name: str) -> Any:

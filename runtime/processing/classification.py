@@ -17,8 +17,8 @@ import numpy as np
 from runtime.errors import InvalidInput, ModelLoadError, quoted
 from runtime.processing import kernels
 from runtime.processing.postprocess import as_rows
-from runtime.repository.model_config import VersionSpec
-from runtime.repository.paths import inside
+from runtime.spec import VersionSpec
+from runtime.paths import inside
 from runtime.types import Array, RequestedOutput
 
 

@@ -26,7 +26,7 @@ from runtime.processing.spec import (
     TopKSpec,
 )
 from runtime.processing.tabular import CategoricalStep, NumericStep
-from runtime.repository.model_config import VersionSpec, public_inputs, public_outputs
+from runtime.spec import VersionSpec, public_inputs, public_outputs
 from runtime.types import DATATYPE_TO_NUMPY, Array, TensorSpec
 
 PreStep = ImageStep | NumericStep | CategoricalStep

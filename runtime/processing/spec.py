@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from runtime.errors import ModelLoadError
-from runtime.repository.paths import inside
+from runtime.paths import inside
 
 SPEC_FILENAME = "processing.json"
 

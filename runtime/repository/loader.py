@@ -20,7 +20,7 @@ from runtime.monitoring.observer import Observer
 from runtime.processing import load_processing
 from runtime.repository import limits
 from runtime.repository import model_config as mcfg
-from runtime.repository.paths import inside
+from runtime.paths import inside
 from runtime.repository.store import ModelDir
 from runtime._pb import model_config_pb2 as mc
 from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_NUMPY, Array

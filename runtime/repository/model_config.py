@@ -10,7 +10,7 @@ comes back only where the public config is served (VersionSpec.config_message, p
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,8 +20,9 @@ from google.protobuf import json_format, text_format
 
 from runtime.errors import ModelLoadError, quoted
 from runtime.repository import limits
-from runtime.repository.paths import inside
+from runtime.paths import inside
 from runtime._pb import model_config_pb2 as mc
+from runtime.spec import BatchingConfig, QueuePolicy, TensorConfig, VersionSpec, public_inputs, public_outputs
 from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG, TensorSpec
 
 ModelConfig = mc.ModelConfig
@@ -62,58 +63,9 @@ class GraphSignature:
     outputs: tuple[GraphTensor, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class TensorConfig:
-    """One input or output of a completed config, without the batch dim."""
-
-    name: str
-    datatype: str  # V2 name, e.g. "FP32"
-    dims: tuple[int, ...]  # -1 where variable
-    reshape: tuple[int, ...] | None = None  # the shape the model itself takes (inputs) or gives (outputs)
-    optional: bool = False
-    label_filename: str = ""
-    allow_ragged_batch: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class QueuePolicy:
-    """Triton's ModelQueuePolicy (0: not set)."""
-
-    max_queue_size: int = 0
-    default_timeout_us: int = 0
-    allow_timeout_override: bool = False
-    delay_on_timeout: bool = False  # timeout_action DELAY (else REJECT)
-
-
-@dataclass(frozen=True, slots=True)
-class BatchingConfig:
-    """Triton's dynamic_batching block."""
-
-    max_queue_delay_us: int = 0
-    preferred_batch_size: tuple[int, ...] = ()
-    priority_levels: int = 0
-    default_priority_level: int = 0
-    default_queue_policy: QueuePolicy = QueuePolicy()
-    priority_queue_policy: dict[int, QueuePolicy] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class VersionSpec:
-    """A version's completed config as plain values: what the core reads. `message` is the completed
-    ModelConfig serialized, for the model-configuration extension (config_message)."""
-
-    name: str
-    platform: str
-    max_batch_size: int
-    inputs: tuple[TensorConfig, ...]
-    outputs: tuple[TensorConfig, ...]
-    dynamic_batching: BatchingConfig | None
-    parameters: dict[str, str]  # string_value of each config parameter
-    message: bytes = field(repr=False, default=b"")
-
-    def config_message(self) -> mc.ModelConfig:
-        """The completed config as the protocol serves it (a new message each call)."""
-        return mc.ModelConfig.FromString(self.message)
+def config_message(spec: VersionSpec) -> mc.ModelConfig:
+    """The completed config as the protocol serves it (a new message each call)."""
+    return mc.ModelConfig.FromString(spec.message)
 
 
 def version_spec(config: mc.ModelConfig) -> VersionSpec:
@@ -166,7 +118,7 @@ def _tensor_config(tensor: Any) -> TensorConfig:
 def public_config_message(spec: VersionSpec, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> mc.ModelConfig:
     """The served config with other public tensors (a processing model's) in place of the model's own;
     an output keeps its label_filename. `inputs` and `outputs` have the batch dim when the model batches."""
-    public = spec.config_message()
+    public = config_message(spec)
     batched = spec.max_batch_size > 0
     labels = {t.name: t.label_filename for t in spec.outputs if t.label_filename}
     del public.input[:]
@@ -403,19 +355,6 @@ def instance_count(config: mc.ModelConfig) -> int:
     if not config.instance_group:
         return 1
     return max(1, sum(group.count or 1 for group in config.instance_group))
-
-
-def public_inputs(spec: VersionSpec) -> list[TensorSpec]:
-    return [_public(t, spec.max_batch_size) for t in spec.inputs]
-
-
-def public_outputs(spec: VersionSpec) -> list[TensorSpec]:
-    return [_public(t, spec.max_batch_size) for t in spec.outputs]
-
-
-def _public(tensor: TensorConfig, max_batch_size: int) -> TensorSpec:
-    batch = (-1,) if max_batch_size > 0 else ()
-    return TensorSpec(tensor.name, tensor.datatype, batch + tensor.dims)
 
 
 def config_to_json(config: mc.ModelConfig) -> dict[str, Any]:

@@ -12,8 +12,7 @@ import orjson
 import uvicorn
 
 from runtime.config import Settings
-from runtime.server.http.protocol import GuardedHttpToolsProtocol
-from runtime.server.http.responses import JSON
+from runtime.server.protocol import JSON, GuardedHttpToolsProtocol
 
 
 class _Server(uvicorn.Server):

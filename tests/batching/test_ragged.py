@@ -15,7 +15,8 @@ from runtime.engine import Engine
 from runtime.errors import ModelLoadError
 from runtime.examples import save_model
 from runtime._pb import model_config_pb2 as mc
-from runtime.repository.model_config import VersionSpec, version_spec
+from runtime.repository.model_config import version_spec
+from runtime.spec import VersionSpec
 from runtime.types import InferRequest
 from google.protobuf import text_format
 from tests.engine import OpenEngine

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from runtime.errors import ModelLoadError
-from runtime.processing import Pipeline, load_processing, public_config
+from runtime.processing import Pipeline, load_processing
 from runtime.processing.spec import SPEC_FILENAME
-from runtime.repository.model_config import parse_config_text, version_spec
+from runtime.repository.model_config import parse_config_text, public_config_message, version_spec
 
 CONFIG = """
 name: "toy"
@@ -77,7 +77,9 @@ def test_a_good_spec_loads_and_shows_public_tensors(tmp_path: Path) -> None:
     ]
     assert processing.output_labels("PROBABILITIES") == ("w", "x", "y", "z")
     assert processing.output_labels("LOGITS") is None
-    config = public_config(version_spec(parse_config_text(CONFIG, "config.pbtxt")), processing)
+    config = public_config_message(
+        version_spec(parse_config_text(CONFIG, "config.pbtxt")), processing.public_inputs, processing.public_outputs
+    )
     assert [(t.name, list(t.dims)) for t in config.input] == [("IMAGE", [1]), ("NUMERIC", [3]), ("CATEGORIES", [1]), ("EXTRA", [2])]
     assert [t.name for t in config.output] == ["LOGITS", "SCORE", "PROBABILITIES", "TOP", "DECISION"]
 
@@ -86,7 +88,6 @@ def test_no_spec_means_no_processing(tmp_path: Path) -> None:
     (tmp_path / "toy" / "1").mkdir(parents=True)
     config = version_spec(parse_config_text(CONFIG, "config.pbtxt"))
     assert load_processing(tmp_path / "toy", tmp_path / "toy" / "1", config) is None
-    assert public_config(config, None) == config.config_message()
 
 
 def test_the_version_spec_wins_over_the_model_spec(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Every file a config names must resolve inside the model's directory (runtime/repository/paths.py).
+"""Every file a config names must resolve inside the model's directory (runtime/paths.py).
 
 Each path field is tried against a running server with absolute paths, `..`, and symlinks inside
 the model that lead outside, to files that exist and to files that do not: every one is answered

@@ -1,6 +1,6 @@
 """The third-party internals the server relies on still exist with the shapes it uses.
 
-GuardedHttpToolsProtocol (runtime/server/http/protocol.py) subclasses uvicorn's httptools protocol,
+GuardedHttpToolsProtocol (runtime/server/protocol.py) subclasses uvicorn's httptools protocol,
 overrides its callbacks and reads undocumented attributes; runtime/server/asgi.py subclasses
 uvicorn.Server; the metrics text writes bucket bounds the way prometheus_client does. pyproject.toml
 bounds uvicorn below the next minor release: when raising that bound, these tests say what moved.
@@ -18,7 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from runtime.server.asgi import _Server
-from runtime.server.http.protocol import GuardedHttpToolsProtocol, _ConnectionFlow
+from runtime.server.protocol import GuardedHttpToolsProtocol, _ConnectionFlow
 
 OVERRIDDEN = [
     "connection_made",

@@ -12,7 +12,8 @@ from starlette.responses import Response
 
 from runtime import codec
 from runtime.errors import InvalidInput, PayloadTooLarge, quoted
-from runtime.server.http.responses import JSON, NUMPY_JSON
+from runtime.server.http.responses import NUMPY_JSON
+from runtime.server.protocol import JSON
 from runtime.tensors import array_from_json, array_from_raw, raw_from_array
 from runtime.types import DATATYPE_TO_NUMPY, Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
 from runtime.validate import classification_count

@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from runtime.errors import Code, RuntimeServingError
+from runtime.server.protocol import JSON
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,6 @@ STATUS_BY_CODE = {
     Code.RESOURCE_EXHAUSTED: 503,
     Code.DEADLINE_EXCEEDED: 504,
 }
-JSON = "application/json"
 NUMPY_JSON = orjson.OPT_SERIALIZE_NUMPY
 
 Handler = Callable[[Request], Awaitable[Response]]
