@@ -253,8 +253,12 @@ def test_poll_mode_follows_the_repository(tmp_path: Path) -> None:
         for chunk in range(4):
             with open(partial, "ab") as handle:
                 handle.write(b"\0" * 10)
-            time.sleep(0.3)
+            time.sleep(0.3)  # the writer's pace: one scan per chunk
             assert infer_http(client, "scale")[0] == "2"
+            # Serving version 2 alone would not show it: a premature try of version 3 fails and keeps 2
+            # serving. The index shows any version the poller tried.
+            tried = [r for r in client.get_model_repository_index() if r["name"] == "scale" and r.get("version") == "3"]
+            assert not tried, f"the half-written version was tried: {tried}"
         partial.write_bytes(scale_bytes(3.0))
         _wait_for(lambda: infer_http(client, "scale") == ("3", 3.0))
         # config change: serve every version
