@@ -81,7 +81,7 @@ class Admin:
         if mode == "poll":
             raise NotAllowed("model changes through the API are not allowed in --model-control-mode poll")
 
-    def index(self, ready_only: bool) -> list[IndexRow]:
+    async def index(self, ready_only: bool) -> list[IndexRow]:
         """Every version the registry knows (loaded, failed or unloaded) and every model in the repository."""
         rows: list[IndexRow] = []
         known = set()
@@ -142,7 +142,7 @@ class Admin:
         self._allow_changes()
         return await self.registry.rollback(name)
 
-    def traffic(self, name: str, weights: Any) -> None:
+    async def traffic(self, name: str, weights: Any) -> None:
         self._allow_changes()
         check_model_name(name)
         if not isinstance(weights, dict):
@@ -160,7 +160,7 @@ class Admin:
             parsed[int(version)] = float(weight)
         self.registry.set_traffic(name, parsed)
 
-    def labels(self, name: str, labels: Any) -> None:
+    async def labels(self, name: str, labels: Any) -> None:
         self._allow_changes()
         check_model_name(name)
         if not isinstance(labels, dict):

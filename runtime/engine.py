@@ -40,17 +40,17 @@ class Engine:
 
     # ---- health -----------------------------------------------------------------------------
 
-    def live(self) -> bool:
+    async def live(self) -> bool:
         return True
 
-    def ready(self) -> bool:
+    async def ready(self) -> bool:
         """Ready while accepting requests; one model reloading does not make the server unready."""
         return self._accepting
 
     def stop_accepting(self) -> None:
         self._accepting = False
 
-    def model_ready(self, name: str, version: str = "", *, strict: bool = False) -> bool:
+    async def model_ready(self, name: str, version: str = "", *, strict: bool = False) -> bool:
         """Whether that version serves; an unknown model or version is not ready, or with `strict`
         raises the registry's error (ModelNotFound) instead."""
         try:
@@ -63,10 +63,10 @@ class Engine:
 
     # ---- metadata ---------------------------------------------------------------------------
 
-    def server_metadata(self) -> tuple[str, str, list[str]]:
+    async def server_metadata(self) -> tuple[str, str, list[str]]:
         return SERVER_NAME, __version__, list(EXTENSIONS)
 
-    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+    async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         served = self.registry.get(name, version)
         versions = [str(served.version)] if version else [str(v) for v in self.registry.ready_versions(name)]
         return ModelMetadata(
@@ -78,7 +78,7 @@ class Engine:
             execution_providers=served.backend.providers,
         )
 
-    def model_config(self, name: str, version: str = "") -> ModelConfig:
+    async def model_config(self, name: str, version: str = "") -> ModelConfig:
         served = self.registry.get(name, version)
         if served.processing is None:
             return config_message(served.config)
@@ -88,7 +88,7 @@ class Engine:
     def index(self) -> list[VersionRecord]:
         return self.registry.records()
 
-    def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
+    async def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
         """Triton's statistics extension: every loaded version, one model's, or one version's counters."""
         return statistics.statistics(self.registry, name, version)
 

@@ -90,16 +90,16 @@ async def test_unknown_models_and_versions_are_not_found(repo: Path, open_engine
         await engine.infer(InferRequest("missing", "", simple_inputs()))
     with pytest.raises(ModelNotFound):
         await engine.infer(InferRequest("simple", "7", simple_inputs()))
-    assert not engine.model_ready("missing") and not engine.model_ready("simple", "7")
+    assert not await engine.model_ready("missing") and not await engine.model_ready("simple", "7")
 
 
 async def test_versions_metadata_and_health(repo: Path, open_engine: OpenEngine) -> None:
     engine = (await open_engine(repo, execution_provider="cpu")).engine
-    assert engine.live() and engine.ready()
-    assert engine.model_ready("simple") and engine.model_ready("mlp", "1") and engine.model_ready("mlp", "2")
-    name, _, extensions = engine.server_metadata()
+    assert await engine.live() and await engine.ready()
+    assert await engine.model_ready("simple") and await engine.model_ready("mlp", "1") and await engine.model_ready("mlp", "2")
+    name, _, extensions = await engine.server_metadata()
     assert name and "statistics" in extensions and "model_repository" in extensions
-    metadata = engine.model_metadata("mlp")
+    metadata = await engine.model_metadata("mlp")
     assert sorted(metadata.versions) == ["1", "2"] and metadata.platform == "onnxruntime_onnx"
     assert [(t.name, t.datatype) for t in metadata.inputs] == [("INPUT", "FP32")]
     x = np.ones((1, 16), dtype=np.float32)
@@ -108,4 +108,4 @@ async def test_versions_metadata_and_health(repo: Path, open_engine: OpenEngine)
     assert (latest.model_version, first.model_version) == ("2", "1")
     assert not np.array_equal(latest.outputs["PROBABILITIES"], first.outputs["PROBABILITIES"])
     engine.stop_accepting()
-    assert engine.live() and not engine.ready()
+    assert await engine.live() and not await engine.ready()

@@ -68,7 +68,7 @@ def http_routes(admin: Admin, settings: Settings) -> list[Route]:
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidInput(f"repository index: 'ready' must be true or false, got {kind_of(ready)}")
-        return json_response([index_json(row) for row in admin.index(ready)])
+        return json_response([index_json(row) for row in await admin.index(ready)])
 
     @answers_errors
     async def load(request: Request) -> Response:
@@ -96,13 +96,13 @@ def http_routes(admin: Admin, settings: Settings) -> list[Route]:
     @answers_errors
     async def traffic(request: Request) -> Response:
         doc = await authorized_body(request)
-        admin.traffic(request.path_params["model"], doc.get("weights"))
+        await admin.traffic(request.path_params["model"], doc.get("weights"))
         return Response(status_code=200)
 
     @answers_errors
     async def labels(request: Request) -> Response:
         doc = await authorized_body(request)
-        admin.labels(request.path_params["model"], doc.get("labels"))
+        await admin.labels(request.path_params["model"], doc.get("labels"))
         return Response(status_code=200)
 
     base = "/v2/repository/models/{model}/"
@@ -140,7 +140,7 @@ class RepositoryService:
         self.admin.authenticate(_credential(context))
         request = parse(pb.RepositoryIndexRequest, raw)
         reply = pb.RepositoryIndexResponse()
-        for row in self.admin.index(request.ready):
+        for row in await self.admin.index(request.ready):
             extras = []
             if row.traffic_weight is not None:
                 extras.append(f"traffic weight {row.traffic_weight:.3g}")
@@ -169,9 +169,9 @@ class RepositoryService:
         elif action in ("traffic", "labels"):
             value = parse_json_text(parameters.get(action), f"model {quoted(name)}: action {action!r}: parameter {action!r}")
             if action == "traffic":
-                self.admin.traffic(name, value)
+                await self.admin.traffic(name, value)
             else:
-                self.admin.labels(name, value)
+                await self.admin.labels(name, value)
         else:
             raise InvalidInput(
                 f"model {quoted(name)}: unknown action {quoted(action)} ({kind_of(action)}); use rollback, traffic or labels"

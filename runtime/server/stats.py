@@ -67,7 +67,7 @@ def http_routes(engine: Engine) -> list[Route]:
     @answers_errors
     async def statistics(request: Request) -> Response:
         params = request.path_params
-        selected = engine.statistics(params.get("model", ""), params.get("version", ""))
+        selected = await engine.statistics(params.get("model", ""), params.get("version", ""))
         return json_response({"model_stats": [model_stats_json(s) for s in selected]})
 
     return [
@@ -120,7 +120,7 @@ class StatisticsService:
     @grpc_answers_errors
     async def ModelStatistics(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         request = parse(pb.ModelStatisticsRequest, raw)
-        selected = self.engine.statistics(request.name, request.version)
+        selected = await self.engine.statistics(request.name, request.version)
         return pb.ModelStatisticsResponse(model_stats=[model_stats_pb(s) for s in selected])
 
 

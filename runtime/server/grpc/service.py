@@ -70,28 +70,28 @@ class InferenceService:
     @answers_errors
     async def ServerLive(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         parse(pb.ServerLiveRequest, raw)
-        return pb.ServerLiveResponse(live=self.engine.live())
+        return pb.ServerLiveResponse(live=await self.engine.live())
 
     @answers_errors
     async def ServerReady(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         parse(pb.ServerReadyRequest, raw)
-        return pb.ServerReadyResponse(ready=self.engine.ready())
+        return pb.ServerReadyResponse(ready=await self.engine.ready())
 
     @answers_errors
     async def ModelReady(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         request = parse(pb.ModelReadyRequest, raw)
-        return pb.ModelReadyResponse(ready=self.engine.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=await self.engine.model_ready(request.name, request.version))
 
     @answers_errors
     async def ServerMetadata(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         parse(pb.ServerMetadataRequest, raw)
-        name, version, extensions = self.engine.server_metadata()
+        name, version, extensions = await self.engine.server_metadata()
         return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     @answers_errors
     async def ModelMetadata(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         request = parse(pb.ModelMetadataRequest, raw)
-        meta = self.engine.model_metadata(request.name, request.version)
+        meta = await self.engine.model_metadata(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=meta.name,
             versions=meta.versions,
@@ -103,7 +103,7 @@ class InferenceService:
     @answers_errors
     async def ModelConfig(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         request = parse(pb.ModelConfigRequest, raw)
-        return pb.ModelConfigResponse(config=self.engine.model_config(request.name, request.version))
+        return pb.ModelConfigResponse(config=await self.engine.model_config(request.name, request.version))
 
     @answers_errors
     async def ModelInfer(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:

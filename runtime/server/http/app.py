@@ -30,22 +30,22 @@ def build_app(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute
     # The V2 spec's health answers are JSON objects (the KServe SDK parses them; tritonclient reads
     # only the status), the 503s too.
     async def live(request: Request) -> Response:
-        alive = engine.live()
+        alive = await engine.live()
         return json_response({"live": alive}, 200 if alive else 503)
 
     async def ready(request: Request) -> Response:
-        is_ready = engine.ready()
+        is_ready = await engine.ready()
         return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
     @answers_errors
     async def server_metadata(request: Request) -> Response:
-        name, version, extensions = engine.server_metadata()
+        name, version, extensions = await engine.server_metadata()
         return json_response({"name": name, "version": version, "extensions": extensions})
 
     @answers_errors
     async def model_metadata(request: Request) -> Response:
         model, version = _model_and_version(request)
-        meta = engine.model_metadata(model, version)
+        meta = await engine.model_metadata(model, version)
         return json_response(
             {
                 "name": meta.name,
@@ -60,13 +60,13 @@ def build_app(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute
     @answers_errors
     async def model_ready(request: Request) -> Response:
         model, version = _model_and_version(request)
-        is_ready = engine.model_ready(model, version, strict=True)  # 404 for unknown models and versions
+        is_ready = await engine.model_ready(model, version, strict=True)  # 404 for unknown models and versions
         return json_response({"name": model, "ready": is_ready}, 200 if is_ready else 503)
 
     @answers_errors
     async def model_config(request: Request) -> Response:
         model, version = _model_and_version(request)
-        return json_response(config_to_json(engine.model_config(model, version)))
+        return json_response(config_to_json(await engine.model_config(model, version)))
 
     @answers_errors
     async def infer(request: Request) -> Response:
