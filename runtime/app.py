@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from runtime import __version__, codec
-from runtime.config import Settings
+from runtime.config import Settings, worker_count
 from runtime.engine import Engine
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
@@ -215,6 +215,11 @@ def write_ports_file(path: Path, ports: dict[str, int | None]) -> None:
 
 def run(settings: Settings) -> int:
     configure_logging(settings)
+    if worker_count(settings) > 1:
+        # --workers N: this process only supervises an engine process and N front ends.
+        from runtime.supervisor import supervise
+
+        return supervise(settings)
     if settings.event_loop != "asyncio":
         try:
             import uvloop

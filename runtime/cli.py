@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
@@ -46,9 +47,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+# The supervisor's children (runtime/supervisor.py): `python -m runtime _engine|_frontend`, not in --help.
+CHILD_COMMANDS = ("_engine", "_frontend")
+
+
+def _die_with_parent() -> None:
+    """A child is killed when the supervisor dies, however it dies (PR_SET_PDEATHSIG on Linux)."""
+    import ctypes
+    import signal
+
+    from runtime.supervisor import PARENT_PID_ENV
+
+    expected = os.environ.get(PARENT_PID_ENV)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if expected is not None and os.getppid() != int(expected):
+        os._exit(1)  # the parent died before the signal was armed
+
+
+def child_main(command: str, argv: Sequence[str]) -> int:
+    """The hidden subcommands: settings from the environment, the engine's address (and the index) from argv."""
+    from runtime.config import settings_from_json
+    from runtime.supervisor import CHILD_SETTINGS_ENV, decode_address
+
+    parser = argparse.ArgumentParser(prog=f"model-runtime {command}")
+    parser.add_argument("--engine-address", required=True)
+    if command == "_frontend":
+        parser.add_argument("--index", type=int, required=True)
     args = parser.parse_args(argv)
+    text = os.environ.get(CHILD_SETTINGS_ENV)
+    if text is None:
+        parser.error(f"{CHILD_SETTINGS_ENV} is not set: this subcommand is started by the supervisor only")
+    settings = settings_from_json(text)
+    _die_with_parent()
+    address = decode_address(args.engine_address)
+    if command == "_engine":
+        from runtime.engine_host import run_engine
+
+        return run_engine(settings, address)
+    from runtime.frontend import run_frontend
+
+    return run_frontend(settings, address, args.index)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in CHILD_COMMANDS:
+        return child_main(arguments[0], arguments[1:])
+    parser = build_parser()
+    args = parser.parse_args(arguments)
     if args.version:
         from runtime import codec
 

@@ -6,6 +6,7 @@ config-file key (`http_port` in a TOML file given by `--config-file`). Imports n
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import typing
@@ -20,6 +21,10 @@ ENV_PREFIX = "MODEL_RUNTIME_"
 MAX_BATCH_SIZE = 1 << 20
 MAX_QUEUE_SIZE = 1 << 20
 MAX_GPU_ID = 63
+MAX_WORKERS = 64
+# --workers auto (0) runs at most this many processes in all: beyond it the one engine process,
+# not the front ends, is what limits throughput.
+AUTO_WORKERS_CORES = 8
 
 
 def available_cores() -> int:
@@ -28,6 +33,14 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def worker_count(settings: Settings) -> int:
+    """Front-end processes --workers asks for: 0 (auto) is min(cores, 8) - 1, at least 1."""
+    if settings.workers > 0:
+        return settings.workers
+    return max(1, min(available_cores(), AUTO_WORKERS_CORES) - 1)
+
 
 GraphOptimizationLevel = Literal["disable", "basic", "extended", "all"]
 ExecutionProvider = Literal["auto", "cuda", "cpu"]
@@ -185,6 +198,17 @@ class Settings:
     request_log_sample_rate: float = _doc(
         "Fraction of requests logged (one line each, JSON with --log-format json); 0 logs none.", default=0.0
     )
+    workers: int = _doc(
+        "Front-end processes (HTTP and gRPC decode/encode) feeding one engine process (models, batch "
+        "queues, metrics port) through shared memory. 1: everything in this one process, as without the "
+        "flag. 0 or 'auto': min(cores, 8) - 1, at least 1 (one core left to the engine).",
+        default=1,
+    )
+    worker_slab_bytes: int = _doc(
+        "With --workers above 1: bytes of each front end's two shared-memory slabs (requests in, "
+        "responses out). A request whose tensors do not fit in what is free is answered 503 / UNAVAILABLE.",
+        default=64 * 1024 * 1024,
+    )
     event_loop: Literal["auto", "uvloop", "asyncio"] = _doc(
         "Event loop implementation: auto uses uvloop where installed.", default="auto"
     )
@@ -256,6 +280,8 @@ def setting_ranges() -> dict[str, Range]:
         "http_header_timeout_secs": Range(0, _HOUR, low_open=True),
         "drift_window": Range(1, 1_000_000),
         "request_log_sample_rate": Range(0, 1),
+        "workers": Range(0, MAX_WORKERS),
+        "worker_slab_bytes": Range(1024 * 1024, 2**40),
     }
 
 
@@ -306,6 +332,8 @@ def coerce(name: str, raw: Any) -> Any:
     base = next((a for a in args if a is not type(None)), hint) if args else hint
     if raw is None:
         return None
+    if name == "workers" and str(raw).strip().lower() == "auto":
+        return 0
     if base is bool:
         if isinstance(raw, bool):
             return raw
@@ -347,3 +375,21 @@ def from_sources(
         if raw is not None:
             values[name] = coerce(name, raw)
     return Settings(**values)
+
+
+def settings_to_json(settings: Settings) -> str:
+    """The settings as one JSON object (paths as strings): how the supervisor hands them to its children."""
+    values = {
+        name: str(value) if isinstance(value, Path) else value
+        for name, value in dataclasses.asdict(settings).items()
+    }
+    return json.dumps(values)
+
+
+def settings_from_json(text: str) -> Settings:
+    """The inverse of settings_to_json (every value coerced and range-checked again)."""
+    names = {f.name for f in setting_fields()}
+    values = json.loads(text)
+    if not isinstance(values, dict) or set(values) - names:
+        raise ValueError(f"settings JSON: unknown keys {sorted(set(values) - names) if isinstance(values, dict) else values!r}")
+    return Settings(**{name: coerce(name, raw) for name, raw in values.items()})

@@ -82,7 +82,9 @@ class AsgiServer:
     by --tls-client-ca-file when that is set.
     """
 
-    def __init__(self, app: Any, address: str, port: int, settings: Settings, *, tls: bool = True) -> None:
+    def __init__(
+        self, app: Any, address: str, port: int, settings: Settings, *, tls: bool = True, reuse_port: bool = False
+    ) -> None:
         files = tls_files(settings) if tls else None
         tls_options: dict[str, Any] = {}
         if files is not None:
@@ -109,7 +111,7 @@ class AsgiServer:
         )
         config.load()  # a bad certificate or key fails here, before anything is bound
         self.tls = files is not None
-        self._socket = _bind(address, port)
+        self._socket = _bind(address, port, reuse_port=reuse_port)
         self.port: int = self._socket.getsockname()[1]
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
@@ -140,10 +142,14 @@ class AsgiServer:
         return self._server.drained
 
 
-def _bind(address: str, port: int) -> socket.socket:
+def _bind(address: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket; with `reuse_port` (SO_REUSEPORT) several worker processes share the port and
+    the kernel spreads new connections over them."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((address, port))
     sock.listen(2048)
     sock.setblocking(False)

@@ -9,7 +9,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runtime.config import Settings
-from runtime.engine import Engine
+from runtime.engine import EngineApi
 from runtime.server.grpc.interceptors import Drain, StreamGuard
 from runtime.server.grpc.service import SERVICE, InferenceService, inference_handler
 
@@ -22,7 +22,14 @@ class GrpcServer:
     (the grpc_* settings) so idle or stalled clients cannot exhaust it.
     """
 
-    def __init__(self, engine: Engine, settings: Settings, extensions: Sequence[grpc.GenericRpcHandler] = ()) -> None:
+    def __init__(
+        self,
+        engine: EngineApi,
+        settings: Settings,
+        extensions: Sequence[grpc.GenericRpcHandler] = (),
+        *,
+        reuse_port: bool = False,
+    ) -> None:
         limit = settings.max_request_bytes
         credentials = _server_credentials(settings)
         self._guard = StreamGuard(settings.grpc_stream_idle_timeout_secs)
@@ -33,7 +40,9 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),
+                # On for the --workers front ends, which all bind the same port; off otherwise, so
+                # that a second server on a taken port fails instead of sharing it.
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
                 # Idle or stalled connections cannot pin resources forever: a connection with no
                 # call is closed after 5 minutes, a peer that stops answering pings after 80 s.
