@@ -88,7 +88,8 @@ def reserve_port(address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # SO_REUSEPORT alone: without SO_REUSEADDR on this socket, a foreign server (which sets
+        # SO_REUSEADDR only, as most do) cannot bind the port either while it is not listening.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address, port))
     except OSError:

@@ -44,6 +44,25 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def children(self) -> dict[str, list[int]]:
+        """With --workers N: the pids of the supervisor's children, {"engine": [pid], "frontend": [pids by index]}."""
+        found: dict[str, dict[int, int]] = {"engine": {}, "frontend": {}}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) != self.process.pid:
+                continue
+            if b"_engine" in argv:
+                found["engine"][0] = int(entry.name)
+            elif b"_frontend" in argv:
+                found["frontend"][int(argv[argv.index(b"--index") + 1])] = int(entry.name)
+        return {role: [pids[i] for i in sorted(pids)] for role, pids in found.items()}
+
     def stop(self, timeout_s: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -61,6 +80,7 @@ def start_server(
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     startup_timeout_s: float = 90.0,
+    workers: int = 1,
 ) -> RunningServer:
     work_dir.mkdir(parents=True, exist_ok=True)
     ports_file = work_dir / "ports.json"
@@ -78,6 +98,8 @@ def start_server(
         args += ["--model-repository", str(repository)]
     else:
         args += ["--example-repository", str(work_dir / "examples")]
+    if workers != 1:
+        args += ["--workers", str(workers)]
     args += list(extra_args)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -97,9 +119,14 @@ def start_server(
 
 @contextlib.contextmanager
 def running_server(
-    repository: Path | None, work_dir: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
+    repository: Path | None,
+    work_dir: Path,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[RunningServer]:
-    server = start_server(repository, work_dir, extra_args, env)
+    """A server for the block; `workers` > 1 runs it as a supervisor, an engine and that many front ends."""
+    server = start_server(repository, work_dir, extra_args, env, workers=workers)
     try:
         yield server
     finally:
