@@ -9,7 +9,7 @@ import hmac
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -59,6 +59,29 @@ class IndexRow:
     labels: tuple[str, ...] | None = None  # the labels naming it, when any do
 
 
+def check_token(settings: Settings, credential: str | None) -> None:
+    """The bearer-token check of every admin call (none when no token is configured)."""
+    token = settings.admin_token
+    if not token:
+        return
+    expected = f"Bearer {token}"
+    if credential is None or not hmac.compare_digest(credential.encode(), expected.encode()):
+        raise Unauthenticated("the admin API needs 'Authorization: Bearer <token>' with the configured token")
+
+
+class AdminApi(Protocol):
+    """What runtime/server/repository.py calls: the Admin in this process, or a front end's RemoteAdmin
+    (runtime/frontend.py). authenticate is local in both (the token is in the settings)."""
+
+    def authenticate(self, credential: str | None) -> None: ...
+    async def index(self, ready_only: bool) -> list[IndexRow]: ...
+    async def load(self, name: str, parameters: dict[str, Any], binary_files: bool = False) -> list[int]: ...
+    async def unload(self, name: str) -> None: ...
+    async def rollback(self, name: str) -> list[int]: ...
+    async def traffic(self, name: str, weights: Any) -> None: ...
+    async def labels(self, name: str, labels: Any) -> None: ...
+
+
 class Admin:
     """Transport-free admin operations: token check, control-mode rules, parameter decoding."""
 
@@ -67,12 +90,7 @@ class Admin:
         self.settings = settings
 
     def authenticate(self, credential: str | None) -> None:
-        token = self.settings.admin_token
-        if not token:
-            return
-        expected = f"Bearer {token}"
-        if credential is None or not hmac.compare_digest(credential.encode(), expected.encode()):
-            raise Unauthenticated("the admin API needs 'Authorization: Bearer <token>' with the configured token")
+        check_token(self.settings, credential)
 
     def _allow_changes(self) -> None:
         mode = self.settings.model_control_mode

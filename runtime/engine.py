@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from runtime import SERVER_NAME, __version__, statistics
 from runtime.errors import InvalidInput
@@ -30,6 +31,20 @@ class ModelMetadata:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     execution_providers: list[str]
+
+
+class EngineApi(Protocol):
+    """What the transports call: the Engine in this process, or a front end's RemoteEngine (runtime/frontend.py)
+    that forwards each call to the engine process."""
+
+    async def live(self) -> bool: ...
+    async def ready(self) -> bool: ...
+    async def model_ready(self, name: str, version: str = "", *, strict: bool = False) -> bool: ...
+    async def server_metadata(self) -> tuple[str, str, list[str]]: ...
+    async def model_metadata(self, name: str, version: str = "") -> ModelMetadata: ...
+    async def model_config(self, name: str, version: str = "") -> ModelConfig: ...
+    async def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]: ...
+    async def infer(self, request: InferRequest) -> InferResponse: ...
 
 
 class Engine:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -91,6 +91,9 @@ class InferResponse:
     id: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     requested_outputs: dict[str, RequestedOutput] | None = None  # by name; None: all outputs, no wishes
+    # Called by the transport once it has encoded the outputs: a front end's outputs are views of shared
+    # memory that go back to the engine then (runtime/frontend.py). Nothing to do in one process.
+    release: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
 
 @dataclass(slots=True, frozen=True)

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runtime.admin import Admin, IndexRow, kind_of, parse_json_text
+from runtime.admin import AdminApi, IndexRow, kind_of, parse_json_text
 from runtime.config import Settings
 from runtime.errors import InvalidInput, quoted
 from runtime._pb import grpc_service_pb2 as pb
@@ -55,7 +55,7 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     return doc
 
 
-def http_routes(admin: Admin, settings: Settings) -> list[Route]:
+def http_routes(admin: AdminApi, settings: Settings) -> list[Route]:
     limit = settings.max_request_bytes
 
     async def authorized_body(request: Request) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def _parameter(value: pb.ModelRepositoryParameter) -> Any:
 
 
 class RepositoryService:
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: AdminApi) -> None:
         self.admin = admin
 
     @grpc_answers_errors
@@ -186,7 +186,7 @@ class RepositoryService:
         return pb.RepositoryModelUnloadResponse()
 
 
-def grpc_handler(admin: Admin) -> grpc.GenericRpcHandler:
+def grpc_handler(admin: AdminApi) -> grpc.GenericRpcHandler:
     service = RepositoryService(admin)
     return generic_handler(
         unary_handlers(service, ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"))

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runtime.engine import Engine
+from runtime.engine import EngineApi
 from runtime._pb import grpc_service_pb2 as pb
 from runtime.server.grpc.converters import parse
 from runtime.server.grpc.service import answers_errors as grpc_answers_errors
@@ -63,7 +63,7 @@ def model_stats_json(stats: ModelStatistics) -> dict[str, Any]:
     }
 
 
-def http_routes(engine: Engine) -> list[Route]:
+def http_routes(engine: EngineApi) -> list[Route]:
     @answers_errors
     async def statistics(request: Request) -> Response:
         params = request.path_params
@@ -114,7 +114,7 @@ def model_stats_pb(stats: ModelStatistics) -> pb.ModelStatistics:
 
 
 class StatisticsService:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineApi) -> None:
         self.engine = engine
 
     @grpc_answers_errors
@@ -124,5 +124,5 @@ class StatisticsService:
         return pb.ModelStatisticsResponse(model_stats=[model_stats_pb(s) for s in selected])
 
 
-def grpc_handler(engine: Engine) -> grpc.GenericRpcHandler:
+def grpc_handler(engine: EngineApi) -> grpc.GenericRpcHandler:
     return generic_handler(unary_handlers(StatisticsService(engine), ["ModelStatistics"]))

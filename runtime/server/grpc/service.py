@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 import grpc
 from google.protobuf.message import Message
 
-from runtime.engine import Engine
+from runtime.engine import EngineApi
 from runtime.errors import Code, RuntimeServingError
 from runtime._pb import grpc_service_pb2 as pb
 from runtime.server.grpc.converters import decode_infer_request, encode_infer_response, parse, stream_error, tensor_metadata
@@ -63,7 +63,7 @@ def answers_errors(handler: Unary) -> Unary:
 
 
 class InferenceService:
-    def __init__(self, engine: Engine, stream_max_pending: int = STREAM_MAX_PENDING) -> None:
+    def __init__(self, engine: EngineApi, stream_max_pending: int = STREAM_MAX_PENDING) -> None:
         self.engine = engine
         self.stream_max_pending = stream_max_pending
 
@@ -111,7 +111,10 @@ class InferenceService:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         response = await self.engine.infer(decode_infer_request(request, deadline))
-        return encode_infer_response(response)
+        try:
+            return encode_infer_response(response)
+        finally:
+            response.release()
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -132,7 +135,11 @@ class InferenceService:
             try:
                 request = parse(pb.ModelInferRequest, raw)
                 response = await self.engine.infer(decode_infer_request(request, None))
-                await answers.put(pb.ModelStreamInferResponse(infer_response=encode_infer_response(response)))
+                try:
+                    encoded = encode_infer_response(response)
+                finally:
+                    response.release()
+                await answers.put(pb.ModelStreamInferResponse(infer_response=encoded))
             except RuntimeServingError as exc:
                 await answers.put(stream_error(request, exc.message))
             except Exception as exc:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from runtime.config import Settings
-from runtime.engine import Engine
+from runtime.engine import EngineApi
 from runtime.errors import InvalidInput, quoted
 from runtime.repository.model_config import config_to_json
 from runtime.server.asgi import AsgiServer
@@ -24,7 +24,7 @@ from runtime.server.http.codec import HEADER_LENGTH, decode_infer_request, encod
 from runtime.server.http.responses import Handler, answers_errors, json_response
 
 
-def build_app(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> Any:
+def build_app(engine: EngineApi, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> Any:
     limit = settings.max_request_bytes
 
     # The V2 spec's health answers are JSON objects (the KServe SDK parses them; tritonclient reads
@@ -79,7 +79,10 @@ def build_app(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute
             raise InvalidInput(f"model {quoted(model)}: {exc.message}") from None
         with _cancelled_on_disconnect(request):
             response = await engine.infer(infer_request)
-        return encode_infer_response(response, default_binary)
+        try:
+            return encode_infer_response(response, default_binary)
+        finally:
+            response.release()
 
     model_routes = [
         ("", model_metadata, ["GET"]),
@@ -156,7 +159,7 @@ def openapi_route() -> Route:
     return Route("/v2/openapi.yaml", openapi, methods=["GET"])
 
 
-def http_server(engine: Engine, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> AsgiServer:
+def http_server(engine: EngineApi, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> AsgiServer:
     return AsgiServer(build_app(engine, settings, extensions), settings.http_address, settings.http_port, settings)
 
 

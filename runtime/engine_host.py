@@ -1,0 +1,364 @@
+"""The engine process of `--workers N`: registry, batch queues, ONNX Runtime sessions, poller and the
+metrics port, serving the front ends (runtime/frontend.py) over runtime.ipc.
+
+Each front end connects once and says hello with two memfd slabs: the request slab (the front end
+allocates in it and writes request tensors; the engine reads them as numpy views) and the response slab
+(the engine allocates in it and writes outputs; the front end encodes from views, then says "release").
+Requests from every front end go through the one Engine, so they share batches.
+
+Ops (runtime.ipc.Caller frames; every reply carries the call's "id"):
+  engine.<live|ready|model_ready|server_metadata|model_metadata|model_config|statistics>
+  admin.<index|load|unload|rollback|traffic|labels>
+  infer {ticket, model, version, inputs: [TensorRef], outputs: [[name, binary, classification]] | null,
+         request_id, parameters, deadline, protocol} -> {outputs: [TensorRef], model_name, model_version, request_id}
+  cancel {ticket} (notice): cancel that infer, or give back its outputs if it had already answered
+  release {ticket} (notice): the front end has encoded that infer's outputs; their blocks are free again
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Awaitable, Callable, Coroutine
+
+from runtime import __version__, codec
+from runtime.admin import Admin
+from runtime.config import Settings
+from runtime.engine import Engine
+from runtime.errors import Code, RuntimeServingError, Unavailable
+from runtime.ipc.channel import Channel, ChannelClosed, ChannelServer, Message
+from runtime.ipc.slab import Slab
+from runtime.ipc.tensors import read_tensors, write_tensors
+from runtime.repository.model_config import config_to_json
+from runtime.repository.registry import ModelRegistry
+from runtime.repository.store import RepositoryStore
+from runtime.types import InferRequest, RequestedOutput
+
+log = logging.getLogger("runtime.engine_host")
+
+
+def error_reply(call_id: Any, exc: BaseException) -> Message:
+    """{"id", "error": {"code", "message"}}: what runtime.ipc.Caller raises again as RuntimeServingError."""
+    if isinstance(exc, RuntimeServingError):
+        return {"id": call_id, "error": {"code": exc.code.value, "message": exc.message}}
+    return {"id": call_id, "error": {"code": Code.INTERNAL.value, "message": f"internal error: {type(exc).__name__}: {exc}"}}
+
+
+class Session:
+    """One front end's connection: its slabs, its running infers, the response blocks it still holds."""
+
+    def __init__(self, host: EngineHost, channel: Channel, index: int, requests: Slab, responses: Slab) -> None:
+        self.host = host
+        self.channel = channel
+        self.index = index
+        self.requests = requests
+        self.responses = responses
+        self.tasks: dict[int, asyncio.Task[None]] = {}  # ticket -> running infer
+        self.held: dict[int, list[int]] = {}  # ticket -> response-slab offsets not yet released
+
+    def reply(self, message: Message) -> None:
+        try:
+            self.channel.send_nowait(message)
+        except ChannelClosed:
+            pass
+
+    async def run(self) -> None:
+        try:
+            while True:
+                for message in await self.channel.receive_many():
+                    op = message.get("op")
+                    if op == "infer":
+                        self.start_infer(message)
+                    elif op == "release":
+                        self.release(message.get("ticket"))
+                    elif op == "cancel":
+                        self.cancel(message.get("ticket"))
+                    elif isinstance(op, str) and op.startswith("admin."):
+                        # Loads take seconds: never hold up this front end's infers behind one.
+                        self.host.spawn(self.call(message))
+                    else:
+                        await self.call(message)
+        finally:
+            self.close()
+
+    async def call(self, message: Message) -> None:
+        call_id = message.get("id")
+        try:
+            result = await self.host.dispatch(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, RuntimeServingError):
+                log.exception("ipc op %r failed", message.get("op"))
+            self.reply(error_reply(call_id, exc))
+            return
+        self.reply({"id": call_id, "result": result})
+
+    # ---- inference ------------------------------------------------------------------------------
+
+    def start_infer(self, message: Message) -> None:
+        ticket = message["ticket"]
+        task = asyncio.get_running_loop().create_task(self.infer(message, ticket))
+        self.tasks[ticket] = task
+        task.add_done_callback(lambda _: self.tasks.pop(ticket, None))
+
+    async def infer(self, message: Message, ticket: int) -> None:
+        call_id = message.get("id")
+        try:
+            inputs = read_tensors(self.requests, message["inputs"], copy=False)
+            wanted = message.get("outputs")
+            request = InferRequest(
+                model_name=message["model"],
+                model_version=message["version"],
+                inputs=inputs,
+                requested_outputs=None if wanted is None else [RequestedOutput(n, b, c) for n, b, c in wanted],
+                id=message.get("request_id", ""),
+                parameters=message.get("parameters") or {},
+                deadline=message.get("deadline"),
+                protocol=message.get("protocol", ""),
+            )
+            response = await self.host.engine.infer(request)
+            written = write_tensors(self.responses, response.outputs)
+            if written is None:
+                raise Unavailable(
+                    f"model {request.model_name!r}: the outputs do not fit in what is free of the front end's "
+                    f"{self.responses.size}-byte response slab (--worker-slab-bytes); retry later"
+                )
+        except asyncio.CancelledError:
+            return  # the front end has stopped waiting: no reply
+        except Exception as exc:
+            if not isinstance(exc, RuntimeServingError):
+                log.exception("infer failed")
+            self.reply(error_reply(call_id, exc))
+            return
+        refs, offsets = written
+        self.held[ticket] = offsets
+        self.reply(
+            {
+                "id": call_id,
+                "outputs": refs,
+                "model_name": response.model_name,
+                "model_version": response.model_version,
+                "request_id": response.id,
+            }
+        )
+
+    def release(self, ticket: Any) -> None:
+        for offset in self.held.pop(ticket, ()):
+            self.responses.free(offset)
+
+    def cancel(self, ticket: Any) -> None:
+        task = self.tasks.get(ticket)
+        if task is not None and not task.done():
+            task.cancel()  # leaves the queue as a local cancel does
+        else:
+            self.release(ticket)  # it had answered, but the front end gave up before reading the answer
+
+    def close(self) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+        self.tasks.clear()
+        self.held.clear()
+        self.requests.close()
+        self.responses.close()
+
+
+class EngineHost:
+    """The ops the front ends call, on the engine and admin of this process."""
+
+    def __init__(self, engine: Engine, admin: Admin) -> None:
+        self.engine = engine
+        self.admin = admin
+        self.sessions: set[Session] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._ops: dict[str, Callable[[Message], Awaitable[Any]]] = {
+            "engine.live": lambda m: engine.live(),
+            "engine.ready": lambda m: engine.ready(),
+            "engine.model_ready": lambda m: engine.model_ready(m["name"], m.get("version", ""), strict=m.get("strict", False)),
+            "engine.server_metadata": lambda m: engine.server_metadata(),
+            "engine.model_metadata": self._model_metadata,
+            "engine.model_config": self._model_config,
+            "engine.statistics": self._statistics,
+            "admin.index": self._index,
+            "admin.load": self._load,
+            "admin.unload": lambda m: admin.unload(m["name"]),
+            "admin.rollback": lambda m: admin.rollback(m["name"]),
+            "admin.traffic": lambda m: admin.traffic(m["name"], m.get("weights")),
+            "admin.labels": lambda m: admin.labels(m["name"], m.get("labels")),
+        }
+
+    async def dispatch(self, message: Message) -> Any:
+        op = message.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            raise RuntimeServingError(f"unknown ipc op {op!r}", Code.INTERNAL)
+        return await handler(message)
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _model_metadata(self, m: Message) -> Any:
+        return dataclasses.asdict(await self.engine.model_metadata(m["name"], m.get("version", "")))
+
+    async def _model_config(self, m: Message) -> Any:
+        return config_to_json(await self.engine.model_config(m["name"], m.get("version", "")))
+
+    async def _statistics(self, m: Message) -> Any:
+        return [dataclasses.asdict(s) for s in await self.engine.statistics(m.get("name", ""), m.get("version", ""))]
+
+    async def _index(self, m: Message) -> Any:
+        return [dataclasses.asdict(row) for row in await self.admin.index(bool(m.get("ready", False)))]
+
+    async def _load(self, m: Message) -> Any:
+        parameters: dict[str, Any] = dict(m.get("parameters") or {})
+        for key in m.get("binary_keys") or ():  # bytes travel as base64 text
+            parameters[key] = base64.b64decode(parameters[key])
+        return await self.admin.load(m["name"], parameters, binary_files=bool(m.get("binary_files", False)))
+
+    # ---- channels -------------------------------------------------------------------------------
+
+    async def on_channel(self, channel: Channel) -> None:
+        """Handshake (hello + the two slab fds), then serve the front end until its channel closes."""
+        messages = await channel.receive_many()
+        hello = messages[0]
+        fds, channel.received_fds[:] = list(channel.received_fds), []
+        if hello.get("op") != "hello" or len(fds) != 2 or len(messages) != 1:
+            log.error("a front end's channel did not start with a hello and two slabs; closing it")
+            _close_fds(fds)
+            return
+        try:
+            requests = Slab.attach(fds[0], int(hello["request_slab_bytes"]))
+        except (ValueError, OSError, KeyError) as exc:
+            log.error("cannot map a front end's request slab: %s", exc)
+            _close_fds(fds)
+            return
+        try:
+            responses = Slab.attach(fds[1], int(hello["response_slab_bytes"]))
+        except (ValueError, OSError, KeyError) as exc:
+            log.error("cannot map a front end's response slab: %s", exc)
+            requests.close()
+            _close_fds(fds[1:])
+            return
+        session = Session(self, channel, int(hello.get("index", -1)), requests, responses)
+        self.sessions.add(session)
+        log.info("front end %d connected", session.index)
+        try:
+            session.reply({"id": hello.get("id"), "result": {"pid": os.getpid()}})
+            await session.run()
+        except ChannelClosed:
+            pass
+        finally:
+            self.sessions.discard(session)
+            session.close()
+            log.info("front end %d disconnected", session.index)
+
+    def in_flight(self) -> int:
+        return sum(len(session.tasks) for session in self.sessions)
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+async def serve_engine(settings: Settings, address: str) -> int:
+    """The engine process: load the models, serve the metrics port and the front ends' channels until SIGTERM."""
+    from runtime import monitoring
+    from runtime.app import EXIT_SLACK_S, _exit_now, _start_watchdog, load_models, start_poller
+    from runtime.server import metrics
+    from runtime.server.asgi import AsgiServer
+
+    if settings.model_repository is None:
+        from runtime.examples import write_example_repository
+
+        write_example_repository(settings.example_repository)
+        log.info("serving the built-in examples from %s", settings.example_repository)
+    log.info("model-runtime %s engine process; codec implementation: %s", __version__, codec.IMPLEMENTATION)
+
+    observer = monitoring.observer_for(settings)
+    registry = ModelRegistry(RepositoryStore(settings.repository), settings, observer=observer)
+    await load_models(registry, settings)
+    engine = Engine(registry, observer=observer)
+    host = EngineHost(engine, Admin(registry, settings))
+    poller = start_poller(registry, settings)
+    metrics_server = (
+        AsgiServer(
+            metrics.build_app(monitoring.build_registry(registry, observer)),
+            settings.metrics_address,
+            settings.metrics_port,
+            settings,
+            tls=False,
+        )
+        if settings.allow_metrics
+        else None
+    )
+    if metrics_server is not None:
+        await metrics_server.start()
+    server = await ChannelServer.listen(address, host.on_channel)
+    ready = {"metrics": metrics_server.port if metrics_server else None}
+    sys.stdout.write("READY " + json.dumps(ready) + "\n")
+    sys.stdout.flush()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+
+    log.info("engine shutting down: draining for up to %.0fs", settings.exit_timeout_secs)
+    started = time.monotonic()
+    deadline = started + settings.exit_timeout_secs
+    _start_watchdog(deadline + EXIT_SLACK_S)
+    engine.stop_accepting()
+    if poller is not None:
+        poller.cancel()
+    # The front ends drain first (the supervisor stops them before this process); what they still
+    # wait for gets until the deadline.
+    while host.in_flight() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    drained = not host.in_flight()
+    await server.close()
+    closing = loop.create_task(registry.close(), name="registry-close")
+    closed, _ = await asyncio.wait({closing}, timeout=max(0.1, deadline - time.monotonic()))
+    if metrics_server is not None:
+        await metrics_server.stop(max(deadline, time.monotonic() + 0.2))
+    status = 0 if closed and drained else 1
+    if status:
+        log.error("grace period (%.0fs) over with requests unfinished; they were cancelled", settings.exit_timeout_secs)
+    else:
+        log.info("engine stopped cleanly in %.2fs", time.monotonic() - started)
+    _exit_now(status)
+
+
+def run_coroutine(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
+    """asyncio.run, or uvloop's, as runtime.app.run picks."""
+    if settings.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if settings.event_loop == "uvloop":
+                raise
+        else:
+            return int(uvloop.run(main))
+    return asyncio.run(main)
+
+
+def run_engine(settings: Settings, address: str) -> int:
+    """Process main of the engine (`python -m runtime _engine`): logging, signals, READY on stdout."""
+    from runtime.app import configure_logging
+
+    configure_logging(settings)
+    # The supervisor forwards SIGTERM in order (front ends first); a terminal's ^C reaches the whole
+    # group and must not stop the engine under front ends that are still draining.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return run_coroutine(settings, serve_engine(settings, address))

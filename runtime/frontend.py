@@ -1,0 +1,364 @@
+"""A front-end process of `--workers N`: HTTP and gRPC (and the admin port) on ports it shares with the
+other front ends (SO_REUSEPORT), decoding and encoding here, everything else in the engine process
+(runtime/engine_host.py) over runtime.ipc.
+
+RemoteEngine and RemoteAdmin have the methods the transports call on runtime.engine.Engine and
+runtime.admin.Admin (EngineApi, AdminApi) and forward each to the engine; their answers come back as
+the same dataclasses. infer() puts the request tensors in this front end's request slab and gets the
+outputs as numpy views of its response slab: the transport encodes from those views, then
+InferResponse.release() gives the blocks back to the engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.admin import IndexRow, check_token
+from runtime.config import Settings
+from runtime.engine import ModelMetadata
+from runtime.errors import InvalidInput, Unavailable
+from runtime.ipc.channel import Caller, Channel, ChannelClosed, Message
+from runtime.ipc.slab import Slab
+from runtime.ipc.tensors import read_tensors, write_tensors
+from runtime.repository.model_config import ModelConfig, config_from_json
+from runtime.statistics import BatchStatistics, Duration, ModelStatistics
+from runtime.types import InferRequest, InferResponse, TensorSpec
+
+log = logging.getLogger("runtime.frontend")
+
+DEFAULT_SLAB_BYTES = 64 * 1024 * 1024
+
+
+async def _call(caller: Caller, op: str, **fields: Any) -> Any:
+    try:
+        reply = await caller.call(op, **fields)
+    except TypeError as exc:  # orjson: e.g. an integer parameter beyond 64 bits
+        raise InvalidInput(f"the request cannot be forwarded to the engine process: {exc}") from None
+    return reply.get("result")
+
+
+def _tensor_spec(doc: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(doc["name"], doc["datatype"], tuple(doc["shape"]))
+
+
+def _duration(doc: dict[str, Any]) -> Duration:
+    return Duration(doc["count"], doc["ns"])
+
+
+def statistics_from_json(doc: dict[str, Any]) -> ModelStatistics:
+    """The inverse of dataclasses.asdict(ModelStatistics)."""
+    return ModelStatistics(
+        name=doc["name"],
+        version=doc["version"],
+        last_inference_ms=doc["last_inference_ms"],
+        inference_count=doc["inference_count"],
+        execution_count=doc["execution_count"],
+        success=_duration(doc["success"]),
+        fail=_duration(doc["fail"]),
+        queue=_duration(doc["queue"]),
+        compute_input=_duration(doc["compute_input"]),
+        compute_infer=_duration(doc["compute_infer"]),
+        compute_output=_duration(doc["compute_output"]),
+        batch_stats=[
+            BatchStatistics(
+                b["batch_size"], _duration(b["compute_input"]), _duration(b["compute_infer"]), _duration(b["compute_output"])
+            )
+            for b in doc["batch_stats"]
+        ],
+    )
+
+
+class RemoteEngine:
+    """runtime.engine.EngineApi over the channel to the engine process."""
+
+    def __init__(self, caller: Caller, requests: Slab, responses: Slab) -> None:
+        self.caller = caller
+        self.requests = requests  # this side allocates; the engine reads
+        self.responses = responses  # the engine allocates; this side reads, then releases
+        self._tickets = itertools.count(1)
+        self._accepting = True
+
+    async def live(self) -> bool:
+        return bool(await _call(self.caller, "engine.live"))
+
+    async def ready(self) -> bool:
+        return self._accepting and bool(await _call(self.caller, "engine.ready"))
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def model_ready(self, name: str, version: str = "", *, strict: bool = False) -> bool:
+        return bool(await _call(self.caller, "engine.model_ready", name=name, version=version, strict=strict))
+
+    async def server_metadata(self) -> tuple[str, str, list[str]]:
+        name, version, extensions = await _call(self.caller, "engine.server_metadata")
+        return name, version, list(extensions)
+
+    async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        doc = await _call(self.caller, "engine.model_metadata", name=name, version=version)
+        return ModelMetadata(
+            name=doc["name"],
+            versions=list(doc["versions"]),
+            platform=doc["platform"],
+            inputs=[_tensor_spec(t) for t in doc["inputs"]],
+            outputs=[_tensor_spec(t) for t in doc["outputs"]],
+            execution_providers=list(doc["execution_providers"]),
+        )
+
+    async def model_config(self, name: str, version: str = "") -> ModelConfig:
+        doc = await _call(self.caller, "engine.model_config", name=name, version=version)
+        return config_from_json(doc, f"model {name!r}: the engine's configuration")
+
+    async def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
+        docs = await _call(self.caller, "engine.statistics", name=name, version=version)
+        return [statistics_from_json(doc) for doc in docs]
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        written = write_tensors(self.requests, request.inputs)
+        if written is None:
+            raise Unavailable(
+                f"model {request.model_name!r}: the request's tensors do not fit in what is free of this worker's "
+                f"{self.requests.size}-byte request slab (--worker-slab-bytes); retry later"
+            )
+        refs, offsets = written
+        ticket = next(self._tickets)
+        wanted = request.requested_outputs
+        try:
+            reply = await self.caller.call(
+                "infer",
+                ticket=ticket,
+                model=request.model_name,
+                version=request.model_version,
+                inputs=refs,
+                outputs=None if wanted is None else [[o.name, o.binary, o.classification] for o in wanted],
+                request_id=request.id,
+                parameters=request.parameters,
+                deadline=request.deadline,
+                protocol=request.protocol,
+            )
+        except asyncio.CancelledError:
+            # The engine cancels it (out of the queue, as a local cancel), or gives back its outputs
+            # if it had answered already.
+            with contextlib.suppress(Unavailable):
+                self.caller.notify("cancel", ticket=ticket)
+            raise
+        except TypeError as exc:
+            raise InvalidInput(f"the request cannot be forwarded to the engine process: {exc}") from None
+        finally:
+            # The engine has answered (or will not read them for anything that is still wanted).
+            for offset in offsets:
+                self.requests.free(offset)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                with contextlib.suppress(Unavailable):
+                    self.caller.notify("release", ticket=ticket)
+
+        try:
+            outputs = read_tensors(self.responses, reply["outputs"], copy=False)
+        except BaseException:
+            release()
+            raise
+        return InferResponse(
+            model_name=reply["model_name"],
+            model_version=reply["model_version"],
+            outputs=outputs,
+            id=reply.get("request_id", ""),
+            requested_outputs={o.name: o for o in wanted} if wanted else None,
+            release=release,
+        )
+
+
+class RemoteAdmin:
+    """runtime.admin.AdminApi over the channel; the token check stays here (the settings hold it)."""
+
+    def __init__(self, caller: Caller, settings: Settings) -> None:
+        self.caller = caller
+        self.settings = settings
+
+    def authenticate(self, credential: str | None) -> None:
+        check_token(self.settings, credential)
+
+    async def index(self, ready_only: bool) -> list[IndexRow]:
+        rows = await _call(self.caller, "admin.index", ready=ready_only)
+        return [
+            IndexRow(
+                row["name"],
+                row["state"],
+                row["reason"],
+                row["version"],
+                row["traffic_weight"],
+                None if row["labels"] is None else tuple(row["labels"]),
+            )
+            for row in rows
+        ]
+
+    async def load(self, name: str, parameters: dict[str, Any], binary_files: bool = False) -> list[int]:
+        binary_keys = [key for key, value in parameters.items() if isinstance(value, bytes)]
+        plain = {
+            key: base64.b64encode(value).decode() if isinstance(value, bytes) else value
+            for key, value in parameters.items()
+        }
+        versions = await _call(
+            self.caller, "admin.load", name=name, parameters=plain, binary_keys=binary_keys, binary_files=binary_files
+        )
+        return [int(v) for v in versions]
+
+    async def unload(self, name: str) -> None:
+        await _call(self.caller, "admin.unload", name=name)
+
+    async def rollback(self, name: str) -> list[int]:
+        return [int(v) for v in await _call(self.caller, "admin.rollback", name=name)]
+
+    async def traffic(self, name: str, weights: Any) -> None:
+        await _call(self.caller, "admin.traffic", name=name, weights=weights)
+
+    async def labels(self, name: str, labels: Any) -> None:
+        await _call(self.caller, "admin.labels", name=name, labels=labels)
+
+
+@dataclass
+class Connection:
+    """A front end's link to the engine process: the channel, its two slabs, the remote objects."""
+
+    caller: Caller
+    requests: Slab
+    responses: Slab
+    engine: RemoteEngine
+    admin: RemoteAdmin
+
+    async def close(self) -> None:
+        await self.caller.close()
+        self.requests.close()
+        self.responses.close()
+
+
+async def connect(settings: Settings, engine_address: str, index: int) -> Connection:
+    """Connect to the engine, hand it this front end's two slabs (memfds: no name anywhere, gone with
+    the processes) and wait for its welcome."""
+    size = int(getattr(settings, "worker_slab_bytes", DEFAULT_SLAB_BYTES))
+    requests = Slab.create(size, f"model-runtime-{index}-requests")
+    responses = Slab.create(size, f"model-runtime-{index}-responses")
+    try:
+        channel = await Channel.connect(engine_address)
+        hello: Message = {
+            "id": 0,
+            "op": "hello",
+            "index": index,
+            "request_slab_bytes": requests.size,
+            "response_slab_bytes": responses.size,
+        }
+        await channel.send(hello, fds=[requests.fd, responses.fd])
+        try:
+            welcome = await channel.receive_many()
+        except ChannelClosed:
+            raise Unavailable("the engine process refused this front end's hello") from None
+        if len(welcome) != 1 or welcome[0].get("id") != 0 or "result" not in welcome[0]:
+            await channel.close()
+            raise Unavailable(f"the engine process answered the hello with {welcome!r}")
+    except BaseException:
+        requests.close()
+        responses.close()
+        raise
+    caller = Caller(channel)
+    return Connection(caller, requests, responses, RemoteEngine(caller, requests, responses), RemoteAdmin(caller, settings))
+
+
+async def serve_frontend(settings: Settings, engine_address: str, index: int) -> int:
+    """HTTP + gRPC (+ the admin port) on the shared ports until SIGTERM (drain) or the engine is gone (exit 1)."""
+    from starlette.applications import Starlette
+
+    from runtime.app import EXIT_SLACK_S, _exit_now, _start_watchdog
+    from runtime.server import repository, stats
+    from runtime.server.asgi import AsgiServer
+    from runtime.server.grpc.server import GrpcServer
+    from runtime.server.http.app import build_app, openapi_route
+
+    link = await connect(settings, engine_address, index)
+    engine, admin = link.engine, link.admin
+    public_admin = settings.admin_port is None
+    http_extensions = [
+        *stats.http_routes(engine),
+        *(repository.http_routes(admin, settings) if public_admin else []),
+        openapi_route(),
+    ]
+    grpc_extensions = [stats.grpc_handler(engine), *([repository.grpc_handler(admin)] if public_admin else [])]
+    http = (
+        AsgiServer(
+            build_app(engine, settings, http_extensions), settings.http_address, settings.http_port, settings, reuse_port=True
+        )
+        if settings.allow_http
+        else None
+    )
+    grpc_server = GrpcServer(engine, settings, grpc_extensions, reuse_port=True) if settings.allow_grpc else None
+    admin_server = (
+        AsgiServer(
+            Starlette(routes=repository.http_routes(admin, settings)),
+            settings.admin_address,
+            settings.admin_port,
+            settings,
+            reuse_port=True,
+        )
+        if settings.admin_port is not None
+        else None
+    )
+    for server in (http, grpc_server, admin_server):
+        if server is not None:
+            await server.start()
+    ports = {
+        "admin": admin_server.port if admin_server else None,
+        "http": http.port if http else None,
+        "grpc": grpc_server.port if grpc_server else None,
+    }
+    log.info("front end %d serving: HTTP %s, gRPC %s", index, ports["http"], ports["grpc"])
+    sys.stdout.write("READY " + json.dumps(ports) + "\n")
+    sys.stdout.flush()
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    stopping = loop.create_task(stop.wait())
+    engine_gone = loop.create_task(link.caller.wait_closed())
+    await asyncio.wait({stopping, engine_gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set():
+        log.error("front end %d: the channel to the engine process closed; exiting", index)
+        _exit_now(1)
+
+    log.info("front end %d shutting down: no new requests; draining for up to %.0fs", index, settings.exit_timeout_secs)
+    started = time.monotonic()
+    deadline = started + settings.exit_timeout_secs
+    _start_watchdog(deadline + EXIT_SLACK_S)
+    engine.stop_accepting()
+    if grpc_server is not None:
+        await grpc_server.set_not_serving()
+    drained = all(
+        await asyncio.gather(*[server.stop(deadline) for server in (http, admin_server, grpc_server) if server is not None])
+    )
+    await link.close()
+    status = 0 if drained else 1
+    if status:
+        log.error("front end %d: grace period over with requests unfinished", index)
+    await asyncio.sleep(0.05)  # the requests uvicorn just cancelled write their 503s
+    _exit_now(status)
+
+
+def run_frontend(settings: Settings, engine_address: str, index: int) -> int:
+    """Process main of a front end (`python -m runtime _frontend`): logging, signals, READY on stdout."""
+    from runtime.app import configure_logging
+    from runtime.engine_host import run_coroutine
+
+    configure_logging(settings)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor sends SIGTERM when it is time
+    return run_coroutine(settings, serve_frontend(settings, engine_address, index))
