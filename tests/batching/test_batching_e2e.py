@@ -45,10 +45,10 @@ def build_repo(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=[1, 3], ids=["workers1", "workers3"])
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("batching")
-    with running_server(build_repo(root / "repo"), root / "srv") as running:
+    with running_server(build_repo(root / "repo"), root / "srv", workers=request.param) as running:
         yield running
 
 

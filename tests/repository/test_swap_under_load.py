@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
@@ -86,11 +87,13 @@ def _allowed(answer: Answer, swaps: list[Swap], initial: str) -> set[str]:
     return allowed
 
 
-def test_zero_failures_while_swapping(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 3], ids=["workers1", "workers3"])
+def test_zero_failures_while_swapping(tmp_path: Path, workers: int) -> None:
     repo = tmp_path / "repo"
     save_model(build_scale(1.0), repo, "scale", 1, config_pbtxt="max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n")
     save_model(build_scale(2.0), repo, "scale", 2)
-    with running_server(repo, tmp_path / "srv", ["--model-control-mode", "explicit", "--load-model", "scale"]) as server:
+    explicit = ["--model-control-mode", "explicit", "--load-model", "scale"]
+    with running_server(repo, tmp_path / "srv", explicit, workers=workers) as server:
         stop = threading.Event()
         answers: list[Answer] = []
         errors: list[str] = []

@@ -44,12 +44,16 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_test_repository(tmp_path_factory.mktemp("repo"))
 
 
-@pytest.fixture(scope="session")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture(scope="session", params=[1, 3], ids=["workers1", "workers3"])
+def server(
+    repository: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RunningServer]:
+    """The protocol suite runs against one process and against --workers 3 (supervisor, engine, 3 front ends)."""
     with running_server(
         repository,
         tmp_path_factory.mktemp("server"),
         extra_args=["--max-request-bytes", str(MAX_REQUEST_BYTES)],
+        workers=request.param,
     ) as running:
         yield running
 
