@@ -77,16 +77,21 @@ class Channel:
         self.received_fds: list[int] = []
         # read side
         self._rbuf = bytearray()
+        self._chunk = memoryview(bytearray(_READ_SIZE))
         self._inbox: list[Message] = []
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._error: BaseException | None = None
         self._reading = True
+        # A consumer (Caller) takes frames straight from the read callback, without a task wake-up.
+        self._consumer: Callable[[list[Message]], None] | None = None
+        self._on_closed: Callable[[BaseException], None] | None = None
         # write side
         self._wparts: list[bytes] = []  # frames not yet handed to the socket
         self._wbuf = bytearray()  # bytes the socket did not take
         self._wsize = 0  # len(wparts bytes) + len(wbuf)
         self._flush_scheduled = False
+        self._sent_this_turn = False  # a frame went straight out this loop turn; later ones coalesce
         self._writing = False  # add_writer is active
         self._holding = False  # a send with fds is under way: queued frames wait for it
         self._fd_lock = asyncio.Lock()
@@ -116,7 +121,9 @@ class Channel:
     # reading ------------------------------------------------------------------------------------------
     def _on_readable(self) -> None:
         try:
-            data, ancdata, flags, _ = self._sock.recvmsg(_READ_SIZE, _ANCILLARY, socket.MSG_CMSG_CLOEXEC)
+            # Into one reused buffer: recvmsg(256 KiB) would allocate (mmap), shrink (mremap) and free
+            # (munmap) a bytes object per read, three syscalls that cost more than the read itself.
+            nbytes, ancdata, flags, _ = self._sock.recvmsg_into([self._chunk], _ANCILLARY, socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -130,13 +137,12 @@ class Channel:
         if flags & socket.MSG_CTRUNC:
             self._fail(ChannelClosed("more file descriptors came with a frame than a read can take"))
             return
-        if not data:
+        if not nbytes:
             self._eof = True
             self._stop_reading()
             self._wake()
             return
-        buffer = self._rbuf
-        buffer += data
+        self._rbuf += self._chunk[:nbytes]
         self._parse()
         if len(self._inbox) >= READ_LIMIT:
             self._stop_reading()
@@ -169,12 +175,30 @@ class Channel:
         if pos:
             del buffer[:pos]
         if inbox:
-            self._wake()
+            if self._consumer is not None:
+                self._inbox = []
+                self._consumer(inbox)
+            else:
+                self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._on_closed is not None and (self._closed or self._eof):
+            on_closed, self._on_closed = self._on_closed, None
+            on_closed(self._error or ChannelClosed("the channel is closed"))
+
+    def consume(self, on_messages: Callable[[list[Message]], None], on_closed: Callable[[BaseException], None]) -> None:
+        """Hand every batch of frames to `on_messages` from the read callback itself (no task wake-up; it
+        must not block), and the end of the channel to `on_closed`, once. receive_many is then unused."""
+        self._consumer = on_messages
+        self._on_closed = on_closed
+        if self._inbox:
+            messages, self._inbox = self._inbox, []
+            on_messages(messages)
+        if self._closed or self._eof:
+            self._wake()
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -203,11 +227,38 @@ class Channel:
         return messages
 
     # writing ------------------------------------------------------------------------------------------
-    def send_nowait(self, message: Message) -> None:
-        """Queue one frame; it is written this loop turn, with the others queued meanwhile."""
+    def send_nowait(self, message: Message, *, defer: bool = False) -> None:
+        """Queue one frame. The first frame of a loop turn goes out at once, with any deferred ones
+        queued before it; the frames after it in the same turn are joined into one send at the end of
+        the turn. `defer` (notices nobody waits on, e.g. "release") waits for the next send or the end
+        of the turn, so it rides along with a request instead of waking the peer on its own."""
         if self._closed or self._error is not None:
             raise ChannelClosed("the channel is closed")
         frame = _encode(message)
+        if not defer and not self._sent_this_turn and not self._writing and not self._holding:
+            self._sent_this_turn = True
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+            parts = self._wparts
+            if parts:
+                parts.append(frame)
+                frame = b"".join(parts)
+                parts.clear()
+            try:
+                sent = self._sock.send(frame)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(exc)
+                raise ChannelClosed(str(exc)) from exc
+            if sent < len(frame):
+                self._wbuf += memoryview(frame)[sent:]
+                self._wsize = len(self._wbuf)
+                self._start_writing()
+            else:
+                self._wsize = 0
+            return
         self._wparts.append(frame)
         self._wsize += len(frame)
         if self._wsize > HARD_LIMIT:
@@ -298,6 +349,7 @@ class Channel:
     def _flush(self) -> None:
         """Hand the queued frames to the socket in one send; what it does not take waits for writability."""
         self._flush_scheduled = False
+        self._sent_this_turn = False
         parts = self._wparts
         if self._closed or self._writing or self._holding or not parts:
             return
@@ -491,7 +543,10 @@ class Caller:
         self._cancel_op = cancel_op
         self._on_message = on_message
         self._closed: BaseException | None = None
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Replies are taken in the channel's read callback: no reader task between the socket and the
+        # waiting call (one loop iteration less per round trip).
+        channel.consume(self._dispatch, self._close)
 
     @property
     def pending(self) -> int:
@@ -529,55 +584,45 @@ class Caller:
         return reply
 
     def notify(self, op: str, **fields: Any) -> None:
-        """Send {"op": op, **fields}; no reply is expected."""
+        """Send {"op": op, **fields}; no reply is expected. Deferred (send_nowait(defer=True)): it goes
+        with the next call's frame or at the end of this loop turn."""
         if self._closed is not None:
             raise Unavailable(_CLOSED_MESSAGE)
         message: Message = {"op": op}
         message.update(fields)
         try:
-            self.channel.send_nowait(message)
+            self.channel.send_nowait(message, defer=True)
         except ChannelClosed:
             raise Unavailable(_CLOSED_MESSAGE) from None
 
-    async def _read(self) -> None:
+    def _dispatch(self, replies: list[Message]) -> None:
         pending = self._pending
-        try:
-            while True:
-                for reply in await self.channel.receive_many():
-                    future = pending.pop(reply.get("id"), None)  # type: ignore[arg-type]
-                    if future is not None:
-                        if not future.done():
-                            future.set_result(reply)
-                    elif self._on_message is not None:
-                        try:
-                            self._on_message(reply)
-                        except Exception:
-                            log.exception("an ipc message handler failed")
-        except ChannelClosed as exc:
-            self._close(exc)
-        except asyncio.CancelledError:
-            self._close(ChannelClosed("the caller was closed"))
-            raise
-        except BaseException as exc:
-            log.exception("the ipc reader failed")
-            self._close(exc)
+        for reply in replies:
+            future = pending.pop(reply.get("id"), None)  # type: ignore[arg-type]
+            if future is not None:
+                if not future.done():
+                    future.set_result(reply)
+            elif self._on_message is not None:
+                try:
+                    self._on_message(reply)
+                except Exception:
+                    log.exception("an ipc message handler failed")
 
     def _close(self, exc: BaseException) -> None:
         if self._closed is None:
             self._closed = exc
+        if not self._done.done():
+            self._done.set_result(None)
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(Unavailable(_CLOSED_MESSAGE))
 
     async def wait_closed(self) -> None:
-        """Return when the channel has closed (the reader saw EOF or an error)."""
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(self._reader)
+        """Return when the channel has closed (EOF, an error, or close())."""
+        await asyncio.shield(self._done)
 
     async def close(self) -> None:
-        """Stop reading, fail pending calls with Unavailable, close the channel."""
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        """Close the channel; pending calls fail with Unavailable."""
         await self.channel.close()
+        self._close(ChannelClosed("the caller was closed"))
