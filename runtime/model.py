@@ -122,6 +122,7 @@ class ServedModel:
         observer: Observer | None = None,
         processing: Processing | None = None,
         inline_execution_us: float = 0.0,
+        labels: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.name = config.name
         self.version = version
@@ -131,6 +132,7 @@ class ServedModel:
         self.model_dir = model_dir
         self.version_dir = model_dir / str(version)
         self.processing = processing
+        self.labels: dict[str, tuple[str, ...]] = dict(labels or {})  # output -> its label_filename's lines
         # What clients see: the processing's public tensors when it has some, else the model's own.
         self.model_inputs: list[TensorSpec] = public_inputs(config)
         self.model_outputs: list[TensorSpec] = public_outputs(config)

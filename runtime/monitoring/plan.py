@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,19 +55,6 @@ FLUSH_ROWS = 4096  # ... or rows ...
 FLUSH_BYTES = 4 * 1024 * 1024  # ... or bytes of tensors kept alive meanwhile
 
 
-class _OutputConfig(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def label_filename(self) -> str: ...
-
-
-class _ModelConfig(Protocol):
-    @property
-    def outputs(self) -> Iterable[_OutputConfig]: ...
-
-
 class PlannedModel(Protocol):
     """What a plan is built from (ServedModel has these): the monitoring package knows no ServedModel."""
 
@@ -93,7 +80,7 @@ class PlannedModel(Protocol):
     def model_outputs(self) -> Sequence[TensorSpec]: ...
 
     @property
-    def config(self) -> _ModelConfig: ...
+    def labels(self) -> Mapping[str, Sequence[str]]: ...  # output -> its label_filename's lines, read at load
 
 
 @dataclass(slots=True)
@@ -183,7 +170,7 @@ class VersionInfo:
     batching: bool
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    label_files: dict[str, str]
+    labels: dict[str, tuple[str, ...]]  # output -> label lines (read once, at load)
 
     @classmethod
     def of(cls, served: PlannedModel) -> VersionInfo:
@@ -195,7 +182,7 @@ class VersionInfo:
             batching=served.max_batch_size > 0,
             inputs=tuple(served.model_inputs),
             outputs=tuple(served.model_outputs),
-            label_files={o.name: o.label_filename for o in served.config.outputs if o.label_filename},
+            labels={name: tuple(lines) for name, lines in served.labels.items()},
         )
 
 
@@ -221,24 +208,11 @@ def _first_file(info: VersionInfo, filename: str) -> Path:
     return in_version if in_version.is_file() else info.model_dir / filename
 
 
-def _read_labels(info: VersionInfo, filename: str) -> list[str]:
-    # The same rule as the load's (paths.inside): a name that leads outside is never opened.
-    from runtime.errors import ModelLoadError
-    from runtime.paths import inside
-
-    for base in (info.model_dir, info.version_dir):
-        try:
-            path = inside(base, filename, f"model {info.name!r}: label_filename")
-        except ModelLoadError as exc:
-            raise MonitoringError(exc.message) from None
-        if path.is_file():
-            lines = path.read_text(errors="replace").splitlines()
-            while lines and not lines[-1].strip():
-                lines.pop()
-            return [line.strip() for line in lines[:MAX_CLASSES]]
-    raise MonitoringError(
-        f"model {info.name!r}: label_filename {filename!r} is in neither the model nor the version directory"
-    )
+def _class_labels(lines: Sequence[str]) -> list[str]:
+    kept = list(lines)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return [line.strip() for line in kept[:MAX_CLASSES]]
 
 
 def _class_names(count: int, labels: Sequence[str]) -> list[str]:
@@ -394,7 +368,7 @@ def build_plan(info: VersionInfo, drift_window: int, predictions: bool = True) -
             )
 
     for spec in info.outputs:
-        labels = _read_labels(info, info.label_files[spec.name]) if spec.name in info.label_files else []
+        labels = _class_labels(info.labels[spec.name]) if spec.name in info.labels else []
         entry = (chosen or {}).get(spec.name, {})
         if chosen is not None and spec.name not in chosen:
             kind = "off"

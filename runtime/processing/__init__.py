@@ -45,14 +45,17 @@ class Processing(Protocol):
         ...
 
 
-def load_processing(model_dir: Path, version_dir: Path, config: VersionSpec) -> Processing | None:
+def load_processing(
+    model_dir: Path, version_dir: Path, config: VersionSpec, labels: dict[str, tuple[str, ...]] | None = None
+) -> Processing | None:
     """The model version's processing, or None when it declares none.
 
     The spec is `<version>/processing.json`, else `<model>/processing.json`. Also checks that the outputs'
     label_filename files can be read (Triton refuses to load without them). Raises ModelLoadError naming
     the file, step and field.
     """
-    labels = config_labels(model_dir, config, version_dir)
+    if labels is None:
+        labels = config_labels(model_dir, config, version_dir)
     path = find_spec(model_dir, version_dir)
     if path is None:
         return None

@@ -7,8 +7,7 @@ It applies to every numeric output, with or without processing.
 """
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +16,7 @@ import numpy as np
 from runtime.errors import InvalidInput, ModelLoadError, quoted
 from runtime.processing import kernels
 from runtime.processing.postprocess import as_rows
+from runtime.processing.spec import read_labels
 from runtime.spec import VersionSpec
 from runtime.paths import inside
 from runtime.types import Array, RequestedOutput
@@ -38,10 +38,8 @@ class Classified(Protocol):
     def config(self) -> VersionSpec: ...
 
     @property
-    def model_dir(self) -> Path: ...
+    def labels(self) -> Mapping[str, Sequence[str]]: ...
 
-    @property
-    def version_dir(self) -> Path: ...
 
 
 __all__ = ["Classified", "classify", "classify_outputs", "config_labels", "output_labels"]
@@ -101,10 +99,7 @@ def output_labels(served: Classified, name: str) -> Sequence[str] | None:
     if lookup is not None:
         labels: Sequence[str] | None = lookup(name)
         return labels
-    for output in served.config.outputs:
-        if output.name == name and output.label_filename:
-            return config_labels(served.model_dir, served.config, served.version_dir).get(name)
-    return None
+    return served.labels.get(name)  # read once at load (config_labels)
 
 
 def config_labels(model_dir: Path, config: VersionSpec, version_dir: Path | None = None) -> dict[str, tuple[str, ...]]:
@@ -121,19 +116,10 @@ def config_labels(model_dir: Path, config: VersionSpec, version_dir: Path | None
             candidates.append(inside(version_dir, output.label_filename, what, "version directory"))
         path = next((p for p in candidates if p.is_file()), candidates[0])
         try:
-            stat = path.stat()
-            labels[output.name] = _read_labels(str(path), stat.st_mtime_ns, stat.st_size)
+            labels[output.name] = read_labels(path)
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             raise ModelLoadError(
                 f"{what} {quoted(output.label_filename)}: cannot read it from the model or version directory ({reason})"
             ) from None
     return labels
-
-
-@functools.lru_cache(maxsize=256)
-def _read_labels(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    """Cached by (path, mtime, size), so a replaced label file is read again."""
-    with open(path, encoding="utf-8") as file:
-        return tuple(file.read().splitlines())
-

@@ -18,6 +18,7 @@ from runtime.errors import InvalidInput, ModelLoadError, quoted
 from runtime.model import ServedModel
 from runtime.monitoring.observer import Observer
 from runtime.processing import load_processing
+from runtime.processing.classification import config_labels
 from runtime.repository import limits
 from runtime.repository import model_config as mcfg
 from runtime.paths import inside
@@ -94,13 +95,15 @@ def fingerprint(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> 
             except FileNotFoundError:
                 continue
             files.append((str(path.relative_to(version_dir)), stat.st_size, stat.st_mtime_ns))
-    # Model-level files that shape every version (the processing spec) count too.
-    for shared in ("processing.json",):
+    # Model-level files that shape every version count too: the processing spec, and the label files
+    # (read once at load), so a replaced one is picked up by the next load or poll.
+    shared = ["processing.json", *sorted({o.label_filename for o in declared.output if o.label_filename})]
+    for name in shared:
         try:
-            stat = (model_dir.path / shared).stat()
-        except FileNotFoundError:
-            continue
-        files.append((f"../{shared}", stat.st_size, stat.st_mtime_ns))
+            stat = inside(model_dir.path, name, f"model {model_dir.name!r}: label_filename").stat()
+        except (ModelLoadError, OSError):
+            continue  # refused or absent: the load itself says why
+        files.append((f"../{name}", stat.st_size, stat.st_mtime_ns))
     return VersionFingerprint(declared.SerializeToString(deterministic=True), tuple(sorted(files)))
 
 
@@ -135,7 +138,9 @@ def load_version(
     try:
         _record_instance_groups(config, "cuda" if CUDA in backend.providers else "cpu")
         spec = mcfg.version_spec(config)  # the core takes plain values from here on
-        processing = load_processing(model_dir.path, model_dir.version_path(version), spec)
+        # Label files are read once, here: classification and monitoring use these.
+        labels = config_labels(model_dir.path, spec, model_dir.version_path(version))
+        processing = load_processing(model_dir.path, model_dir.version_path(version), spec, labels)
         served = ServedModel(
             spec,
             version,
@@ -145,6 +150,7 @@ def load_version(
             observer=observer,
             processing=processing,
             inline_execution_us=settings.inline_execution_us,
+            labels=labels,
         )
         try:
             _warm_up(served, config, model_dir.path)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import InvalidInput
-from runtime.processing.classification import classify, classify_outputs
+from runtime.processing.classification import classify, classify_outputs, config_labels
 from runtime.repository.model_config import parse_config_text, version_spec
 from runtime.types import RequestedOutput
 
@@ -64,9 +64,8 @@ def served(tmp_path: Path, processing: object = None) -> Any:
         "config.pbtxt",
     ))
     (tmp_path / "l.txt").write_text("red\ngreen\nblue\n")
-    return SimpleNamespace(
-        label=LABEL, max_batch_size=4, processing=processing, config=config, model_dir=tmp_path, version_dir=tmp_path / "1"
-    )
+    labels = config_labels(tmp_path, config, tmp_path / "1")  # what the loader reads once per version
+    return SimpleNamespace(label=LABEL, max_batch_size=4, processing=processing, config=config, labels=labels)
 
 
 def test_classify_outputs_uses_label_filename_and_only_touches_requested_outputs(tmp_path: Path) -> None:
@@ -77,10 +76,11 @@ def test_classify_outputs_uses_label_filename_and_only_touches_requested_outputs
     assert result["P"].tolist() == [[b"0.500000:1:green", b"0.300000:2:blue"]]
     assert result["Q"] is outputs["Q"]
     assert classify_outputs(model, None, outputs) is outputs
-    # a replaced label file is read again
+    # Labels are the ones read at load: a replaced file changes nothing until the version loads again
+    # (the loader's fingerprint counts label files, so the next load or poll picks it up).
     (tmp_path / "l.txt").write_text("rouge\nvert\nbleu, longer\n")
     result = classify_outputs(model, [RequestedOutput("P", classification=1)], outputs)
-    assert result["P"].tolist() == [[b"0.500000:1:vert"]]
+    assert result["P"].tolist() == [[b"0.500000:1:green"]]
 
 
 def test_processing_labels_take_precedence(tmp_path: Path) -> None:

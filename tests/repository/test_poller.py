@@ -4,10 +4,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import tritonclient.http as httpclient
 
-from tests.repository.models import scale_bytes
-from tests.repository.test_admin import _wait_for, infer_http, make_repo
+from runtime.examples import save_model
+from tests.repository.models import build_scale, scale_bytes
+from tests.server.test_repository import _wait_for, infer_http, make_repo
 from tests.serving import running_server
 
 
@@ -33,3 +35,25 @@ def test_a_writer_pausing_mid_file_is_not_loaded(tmp_path: Path) -> None:
         _wait_for(lambda: infer_http(client, "scale") == ("3", 3.0))
         rows = [r for r in client.get_model_repository_index() if r["name"] == "scale" and r.get("version") == "3"]
         assert rows and rows[0]["state"] == "READY"
+
+
+def test_a_replaced_label_file_is_served_after_the_next_poll(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    save_model(
+        build_scale(1.0), repo, "scale", 1,
+        config_pbtxt='max_batch_size: 8\noutput [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] label_filename: "labels.txt" }]\n',
+    )
+    (repo / "scale" / "labels.txt").write_text("a\nb\nc\nd\n")
+    args = ["--model-control-mode", "poll", "--repository-poll-secs", "0.3", "--repository-poll-quiet-secs", "0"]
+
+    def top_label(client: httpclient.InferenceServerClient) -> str:
+        tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.array([[0.0, 0.0, 5.0, 0.0]], np.float32))
+        result = client.infer("scale", [tensor], outputs=[httpclient.InferRequestedOutput("OUTPUT0", class_count=1)])
+        return result.as_numpy("OUTPUT0")[0, 0].decode().split(":")[-1]
+
+    with running_server(repo, tmp_path / "srv", args) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        assert top_label(client) == "c"
+        (repo / "scale" / "labels.txt").write_text("w\nx\nchanged\nz\n")
+        _wait_for(lambda: top_label(client) == "changed")

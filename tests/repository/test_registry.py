@@ -11,7 +11,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.repository.models import scale_bytes
-from tests.repository.test_admin import AUTH_HTTP, TOKEN, _post, config_json, infer_http, make_repo
+from tests.server.test_repository import AUTH_HTTP, TOKEN, _post, config_json, infer_http, make_repo
 from tests.serving import RunningServer, running_server
 
 

@@ -127,7 +127,7 @@ def info(
     tmp_path: Path,
     outputs: list[TensorSpec],
     inputs: list[TensorSpec] | None = None,
-    labels: dict[str, str] | None = None,
+    labels: dict[str, tuple[str, ...]] | None = None,
 ) -> VersionInfo:
     (tmp_path / "1").mkdir(parents=True, exist_ok=True)
     return VersionInfo(
@@ -138,7 +138,7 @@ def info(
         batching=True,
         inputs=tuple(inputs or [TensorSpec("X", "FP32", (-1, 4))]),
         outputs=tuple(outputs),
-        label_files=labels or {},
+        labels=labels or {},
     )
 
 
@@ -171,16 +171,11 @@ def test_default_plan_counts_small_float_outputs_by_class_and_histograms_other_n
 
 
 def test_label_file_names_the_classes(tmp_path: Path) -> None:
-    (tmp_path / "labels.txt").write_text("cat\ndog\ncat\n\n")
-    plan = build_plan(info(tmp_path, [TensorSpec("P", "FP32", (-1, 4))], labels={"P": "labels.txt"}), 100)
+    lines = ("cat", "dog", "cat", "")  # the label file's lines, as the load read them
+    plan = build_plan(info(tmp_path, [TensorSpec("P", "FP32", (-1, 4))], labels={"P": lines}), 100)
     watch = dict(plan.outputs)["P"]
     assert isinstance(watch, ClassWatch)
     assert watch.classes == ["cat", "dog", "cat#2", "3"]  # unique label values; unlabelled classes by index
-
-
-def test_missing_label_file_is_an_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(MonitoringError, match="nope.txt"):
-        build_plan(info(tmp_path, [TensorSpec("P", "FP32", (-1, 4))], labels={"P": "nope.txt"}), 100)
 
 
 def test_sidecar_turns_predictions_off_or_picks_outputs_and_buckets(tmp_path: Path) -> None:
@@ -228,7 +223,6 @@ def test_bad_sidecar_is_an_error_naming_the_file(
 
 
 def test_reference_gives_drift_for_values_classes_and_inputs(tmp_path: Path) -> None:
-    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
     reference = {
         "outputs": {
             "SCORE": {"edges": [0, 0.5, 1], "frequencies": [0.5, 0.5]},  # numpy.histogram style
@@ -239,7 +233,7 @@ def test_reference_gives_drift_for_values_classes_and_inputs(tmp_path: Path) -> 
     (tmp_path / "reference.json").write_text(json.dumps(reference))
     (tmp_path / "monitoring.json").write_text(json.dumps({"predictions": False}))
     outputs = [TensorSpec("SCORE", "FP32", (-1, 1)), TensorSpec("P", "FP32", (-1, 3))]
-    plan = build_plan(info(tmp_path, outputs, labels={"P": "labels.txt"}), 10)
+    plan = build_plan(info(tmp_path, outputs, labels={"P": ("a", "b", "c")}), 10)
     watches = dict(plan.outputs)
     score, probs = watches["SCORE"], watches["P"]
     assert isinstance(score, ValueWatch) and not score.histograms  # predictions off: drift only
@@ -443,7 +437,7 @@ class FakeServed:
         self.model_dir, self.version_dir = model_dir, model_dir / "1"
         self.model_inputs: list[TensorSpec] = []
         self.model_outputs = [TensorSpec("P", "FP32", (-1, 2))]
-        self.config = SimpleNamespace(outputs=[])
+        self.labels: dict[str, tuple[str, ...]] = {}
         self.state = ModelState.READY
 
 
