@@ -9,14 +9,21 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from runtime import __version__, codec
 from runtime.config import Settings, worker_count
-from runtime.engine import Engine
+from runtime.engine import Engine, EngineApi
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
+
+if TYPE_CHECKING:
+    from runtime.admin import Admin, AdminApi
+    from runtime.monitoring.observer import MetricsObserver
+    from runtime.server.asgi import AsgiServer
+    from runtime.server.grpc.server import GrpcServer
 
 log = logging.getLogger("runtime")
 
@@ -79,31 +86,59 @@ def _log_poller_end(task: asyncio.Task[None]) -> None:
         log.error("poller stopped: %s", task.exception())
 
 
-async def serve(settings: Settings) -> int:
-    # Imported here so `model-runtime --version` and `--help` stay fast.
-    from runtime import monitoring
-    from starlette.applications import Starlette
+@dataclass
+class Core:
+    """What serves requests in the process that holds the models (the only one, or the engine process)."""
 
+    registry: ModelRegistry
+    engine: Engine
+    admin: Admin
+    observer: MetricsObserver | None
+
+
+async def start_core(settings: Settings) -> Core:
+    """Write the examples if asked, load the models, and build the engine and admin over them."""
+    from runtime import monitoring
     from runtime.admin import Admin
-    from runtime.server import repository, stats
-    from runtime.server import metrics
-    from runtime.server.asgi import AsgiServer
-    from runtime.server.grpc.server import GrpcServer
-    from runtime.server.http.app import http_server, openapi_route
 
     if settings.model_repository is None:
         from runtime.examples import write_example_repository
 
         write_example_repository(settings.example_repository)
         log.info("serving the built-in examples from %s", settings.example_repository)
-    log.info("model-runtime %s; codec implementation: %s", __version__, codec.IMPLEMENTATION)
-
     observer = monitoring.observer_for(settings)
     registry = ModelRegistry(RepositoryStore(settings.repository), settings, observer=observer)
     await load_models(registry, settings)
-    engine = Engine(registry, observer=observer)
+    return Core(registry, Engine(registry, observer=observer), Admin(registry, settings), observer)
 
-    admin = Admin(registry, settings)
+
+def metrics_endpoint(settings: Settings, core: Core) -> AsgiServer | None:
+    from runtime import monitoring
+    from runtime.server import metrics
+    from runtime.server.asgi import AsgiServer
+
+    if not settings.allow_metrics:
+        return None
+    return AsgiServer(
+        metrics.build_app(monitoring.build_registry(core.registry, core.observer)),
+        settings.metrics_address,
+        settings.metrics_port,
+        settings,
+        tls=False,  # like Triton's: scrapers read plain HTTP on a port that carries no requests
+    )
+
+
+def protocol_servers(
+    settings: Settings, engine: EngineApi, admin: AdminApi, *, reuse_port: bool = False
+) -> tuple[AsgiServer | None, GrpcServer | None, AsgiServer | None]:
+    """The HTTP, gRPC and admin-port servers over an engine and admin (local, or a front end's remote ones)."""
+    from starlette.applications import Starlette
+
+    from runtime.server import repository, stats
+    from runtime.server.asgi import AsgiServer
+    from runtime.server.grpc.server import GrpcServer
+    from runtime.server.http.app import build_app, openapi_route
+
     # With --admin-port the admin API lives only there (HTTP), never on the public ports.
     public_admin = settings.admin_port is None
     http_extensions = [
@@ -112,30 +147,39 @@ async def serve(settings: Settings) -> int:
         openapi_route(),
     ]
     grpc_extensions = [stats.grpc_handler(engine), *([repository.grpc_handler(admin)] if public_admin else [])]
-    http = http_server(engine, settings, http_extensions) if settings.allow_http else None
-    grpc_server = GrpcServer(engine, settings, grpc_extensions) if settings.allow_grpc else None
+    http = (
+        AsgiServer(
+            build_app(engine, settings, http_extensions),
+            settings.http_address,
+            settings.http_port,
+            settings,
+            reuse_port=reuse_port,
+        )
+        if settings.allow_http
+        else None
+    )
+    grpc_server = GrpcServer(engine, settings, grpc_extensions, reuse_port=reuse_port) if settings.allow_grpc else None
     admin_server = (
         AsgiServer(
             Starlette(routes=repository.http_routes(admin, settings)),
             settings.admin_address,
             settings.admin_port,
             settings,
+            reuse_port=reuse_port,
         )
         if settings.admin_port is not None
         else None
     )
+    return http, grpc_server, admin_server
+
+
+async def serve(settings: Settings) -> int:
+    log.info("model-runtime %s; codec implementation: %s", __version__, codec.IMPLEMENTATION)
+    core = await start_core(settings)
+    registry, engine = core.registry, core.engine
+    http, grpc_server, admin_server = protocol_servers(settings, core.engine, core.admin)
     poller = start_poller(registry, settings)
-    metrics_server = (
-        AsgiServer(
-            metrics.build_app(monitoring.build_registry(registry, observer)),
-            settings.metrics_address,
-            settings.metrics_port,
-            settings,
-            tls=False,  # like Triton's: scrapers read plain HTTP on a port that carries no requests
-        )
-        if settings.allow_metrics
-        else None
-    )
+    metrics_server = metrics_endpoint(settings, core)
     for server in (http, grpc_server, metrics_server, admin_server):
         if server is not None:
             await server.start()

@@ -36,8 +36,6 @@ from runtime.ipc.channel import Channel, ChannelClosed, ChannelServer, Message
 from runtime.ipc.slab import Slab
 from runtime.ipc.tensors import read_tensors, write_tensors
 from runtime.repository.model_config import config_to_json
-from runtime.repository.registry import ModelRegistry
-from runtime.repository.store import RepositoryStore
 from runtime.types import InferRequest, RequestedOutput
 
 log = logging.getLogger("runtime.engine_host")
@@ -274,35 +272,14 @@ def _close_fds(fds: list[int]) -> None:
 
 async def serve_engine(settings: Settings, address: str) -> int:
     """The engine process: load the models, serve the metrics port and the front ends' channels until SIGTERM."""
-    from runtime import monitoring
-    from runtime.app import EXIT_SLACK_S, _exit_now, _start_watchdog, load_models, start_poller
-    from runtime.server import metrics
-    from runtime.server.asgi import AsgiServer
+    from runtime.app import EXIT_SLACK_S, _exit_now, _start_watchdog, metrics_endpoint, start_core, start_poller
 
-    if settings.model_repository is None:
-        from runtime.examples import write_example_repository
-
-        write_example_repository(settings.example_repository)
-        log.info("serving the built-in examples from %s", settings.example_repository)
     log.info("model-runtime %s engine process; codec implementation: %s", __version__, codec.IMPLEMENTATION)
-
-    observer = monitoring.observer_for(settings)
-    registry = ModelRegistry(RepositoryStore(settings.repository), settings, observer=observer)
-    await load_models(registry, settings)
-    engine = Engine(registry, observer=observer)
-    host = EngineHost(engine, Admin(registry, settings))
+    core = await start_core(settings)
+    registry, engine = core.registry, core.engine
+    host = EngineHost(engine, core.admin)
     poller = start_poller(registry, settings)
-    metrics_server = (
-        AsgiServer(
-            metrics.build_app(monitoring.build_registry(registry, observer)),
-            settings.metrics_address,
-            settings.metrics_port,
-            settings,
-            tls=False,
-        )
-        if settings.allow_metrics
-        else None
-    )
+    metrics_server = metrics_endpoint(settings, core)
     if metrics_server is not None:
         await metrics_server.start()
     server = await ChannelServer.listen(address, host.on_channel)

@@ -278,42 +278,10 @@ async def connect(settings: Settings, engine_address: str, index: int) -> Connec
 
 async def serve_frontend(settings: Settings, engine_address: str, index: int) -> int:
     """HTTP + gRPC (+ the admin port) on the shared ports until SIGTERM (drain) or the engine is gone (exit 1)."""
-    from starlette.applications import Starlette
-
-    from runtime.app import EXIT_SLACK_S, _exit_now, _start_watchdog
-    from runtime.server import repository, stats
-    from runtime.server.asgi import AsgiServer
-    from runtime.server.grpc.server import GrpcServer
-    from runtime.server.http.app import build_app, openapi_route
+    from runtime.app import EXIT_SLACK_S, _exit_now, _start_watchdog, protocol_servers
 
     link = await connect(settings, engine_address, index)
-    engine, admin = link.engine, link.admin
-    public_admin = settings.admin_port is None
-    http_extensions = [
-        *stats.http_routes(engine),
-        *(repository.http_routes(admin, settings) if public_admin else []),
-        openapi_route(),
-    ]
-    grpc_extensions = [stats.grpc_handler(engine), *([repository.grpc_handler(admin)] if public_admin else [])]
-    http = (
-        AsgiServer(
-            build_app(engine, settings, http_extensions), settings.http_address, settings.http_port, settings, reuse_port=True
-        )
-        if settings.allow_http
-        else None
-    )
-    grpc_server = GrpcServer(engine, settings, grpc_extensions, reuse_port=True) if settings.allow_grpc else None
-    admin_server = (
-        AsgiServer(
-            Starlette(routes=repository.http_routes(admin, settings)),
-            settings.admin_address,
-            settings.admin_port,
-            settings,
-            reuse_port=True,
-        )
-        if settings.admin_port is not None
-        else None
-    )
+    http, grpc_server, admin_server = protocol_servers(settings, link.engine, link.admin, reuse_port=True)
     for server in (http, grpc_server, admin_server):
         if server is not None:
             await server.start()
@@ -340,7 +308,7 @@ async def serve_frontend(settings: Settings, engine_address: str, index: int) ->
     started = time.monotonic()
     deadline = started + settings.exit_timeout_secs
     _start_watchdog(deadline + EXIT_SLACK_S)
-    engine.stop_accepting()
+    link.engine.stop_accepting()
     if grpc_server is not None:
         await grpc_server.set_not_serving()
     drained = all(
