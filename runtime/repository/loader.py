@@ -23,8 +23,7 @@ from runtime.repository import limits
 from runtime.repository import model_config as mcfg
 from runtime.paths import inside
 from runtime.repository.store import ModelDir
-from runtime._pb import model_config_pb2 as mc
-from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_NUMPY, Array
+from runtime.types import DATATYPE_TO_NUMPY, Array
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class VersionFingerprint:
     files: tuple[tuple[str, int, int], ...]  # (relative path, size, mtime_ns)
 
 
-def select_versions(model_dir: ModelDir, config: mc.ModelConfig, allowed: set[int] | None = None) -> list[int]:
+def select_versions(model_dir: ModelDir, config: mcfg.ModelConfig, allowed: set[int] | None = None) -> list[int]:
     """The versions the config's version_policy selects among those on disk (and `allowed`).
 
     Checks every numeric field's range first (limits.py): this is the first look at a declared config.
@@ -48,12 +47,11 @@ def select_versions(model_dir: ModelDir, config: mc.ModelConfig, allowed: set[in
     available = [v for v in model_dir.versions() if allowed is None or v in allowed]
     if not available:
         raise ModelLoadError(f"model {model_dir.name!r}: no numeric version directories with a model in {model_dir.path}")
-    policy = config.version_policy
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
+    policy = mcfg.version_policy(config)
+    if policy.choice == "all":
         return available
-    if choice == "specific":
-        wanted = sorted(set(int(v) for v in policy.specific.versions))
+    if policy.choice == "specific":
+        wanted = list(policy.versions)
         missing = [v for v in wanted if v not in available]
         if missing:
             raise ModelLoadError(
@@ -61,11 +59,10 @@ def select_versions(model_dir: ModelDir, config: mc.ModelConfig, allowed: set[in
                 f"(found {available})"
             )
         return wanted
-    count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions else 1
-    return available[-count:]
+    return available[-policy.count:]
 
 
-def model_path(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> Path:
+def model_path(model_dir: ModelDir, version: int, declared: mcfg.ModelConfig) -> Path:
     """Where the model file would be, unchecked: for looking whether a version has one (the poller).
 
     Loading reads it only through `model_file`, which refuses a name that leads outside.
@@ -73,7 +70,7 @@ def model_path(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> P
     return model_dir.version_path(version) / (declared.default_model_filename or mcfg.DEFAULT_MODEL_FILENAME)
 
 
-def model_file(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> Path:
+def model_file(model_dir: ModelDir, version: int, declared: mcfg.ModelConfig) -> Path:
     """The version's model file, resolved inside its version directory; ModelLoadError otherwise."""
     filename = declared.default_model_filename or mcfg.DEFAULT_MODEL_FILENAME
     where = f"model {model_dir.name!r} version {version}: default_model_filename"
@@ -84,7 +81,7 @@ def model_file(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> P
     return path
 
 
-def fingerprint(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> VersionFingerprint:
+def fingerprint(model_dir: ModelDir, version: int, declared: mcfg.ModelConfig) -> VersionFingerprint:
     files = []
     version_dir = model_dir.version_path(version)
     for root, _, names in os.walk(version_dir):
@@ -107,7 +104,7 @@ def fingerprint(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> 
     return VersionFingerprint(declared.SerializeToString(deterministic=True), tuple(sorted(files)))
 
 
-def estimate_bytes(model_dir: ModelDir, version: int, declared: mc.ModelConfig) -> int:
+def estimate_bytes(model_dir: ModelDir, version: int, declared: mcfg.ModelConfig) -> int:
     """Memory a loaded version is expected to take: its files (weights dominate) once per instance.
 
     ONNX Runtime keeps the initializers in memory per session, and graph optimisation can add
@@ -120,7 +117,7 @@ def estimate_bytes(model_dir: ModelDir, version: int, declared: mc.ModelConfig) 
 def load_version(
     model_dir: ModelDir,
     version: int,
-    declared: mc.ModelConfig,
+    declared: mcfg.ModelConfig,
     settings: Settings,
     observer: Observer,
 ) -> ServedModel:
@@ -136,7 +133,7 @@ def load_version(
     backend = OnnxBackend(session_spec(config, path, settings))
     served: ServedModel | None = None
     try:
-        _record_instance_groups(config, "cuda" if CUDA in backend.providers else "cpu")
+        mcfg.record_instance_groups(config, "cuda" if CUDA in backend.providers else "cpu")
         spec = mcfg.version_spec(config)  # the core takes plain values from here on
         # Label files are read once, here: classification and monitoring use these.
         labels = config_labels(model_dir.path, spec, model_dir.version_path(version))
@@ -153,7 +150,7 @@ def load_version(
             labels=labels,
         )
         try:
-            _warm_up(served, config, model_dir.path)
+            _warm_up(served, mcfg.warmups(config), model_dir.path)
         except Exception as exc:
             raise ModelLoadError(f"{served.label}: warm-up failed: {exc}") from None
     except BaseException:
@@ -166,14 +163,14 @@ def load_version(
     return served
 
 
-def session_spec(config: mc.ModelConfig, path: Path, settings: Settings) -> SessionSpec:
+def session_spec(config: mcfg.ModelConfig, path: Path, settings: Settings) -> SessionSpec:
     where = f"model {config.name!r}"
-    kinds = {group.kind for group in config.instance_group} - {mc.ModelInstanceGroup.KIND_AUTO}
-    if len(kinds) > 1:
+    place = mcfg.placement(config)
+    if len(place.kinds) > 1:
         raise ModelLoadError(f"{where}: instance groups mixing KIND_GPU and KIND_CPU are not supported")
     # The model's own instance_group kind wins over the server-wide execution provider.
-    wants_gpu = kinds == {mc.ModelInstanceGroup.KIND_GPU}
-    wants_cpu = kinds == {mc.ModelInstanceGroup.KIND_CPU}
+    wants_gpu = place.kinds == {"gpu"}
+    wants_cpu = place.kinds == {"cpu"}
     if wants_gpu or (not wants_cpu and settings.execution_provider == "cuda"):
         if not cuda_available():
             raise ModelLoadError(
@@ -186,100 +183,81 @@ def session_spec(config: mc.ModelConfig, path: Path, settings: Settings) -> Sess
     else:
         # onnxruntime-gpu lists CUDA even where no GPU is usable; the session start tells.
         device = "auto" if cuda_available() else "cpu"
-    gpus = tuple(g for group in config.instance_group for g in group.gpus) or (settings.gpu_device_id,)
-    instances = mcfg.instance_count(config)
-    accelerators = config.optimization.execution_accelerators
-    for accelerator in [*accelerators.gpu_execution_accelerator, *accelerators.cpu_execution_accelerator]:
-        raise ModelLoadError(f"{where}: execution accelerator {accelerator.name!r} is not supported")
+    gpus = place.gpus or (settings.gpu_device_id,)
+    instances = place.instances
+    for accelerator in place.accelerators:
+        raise ModelLoadError(f"{where}: execution accelerator {accelerator!r} is not supported")
     level = settings.graph_optimization_level
-    if config.optimization.HasField("graph"):
-        level = _GRAPH_LEVEL_BY_TRITON_VALUE.get(config.optimization.graph.level, "all")
+    if place.graph_level is not None:
+        level = _GRAPH_LEVEL_BY_TRITON_VALUE.get(place.graph_level, "all")
     return SessionSpec(
         model_path=path,
         device=device,
         gpu_ids=gpus,
         instance_count=instances,
-        intra_op_threads=_int_parameter(config, "intra_op_thread_count")
+        intra_op_threads=_int_parameter(where, place, "intra_op_thread_count")
         or settings.intra_op_threads
         or default_intra_op_threads(instances),
-        inter_op_threads=_int_parameter(config, "inter_op_thread_count") or settings.inter_op_threads,
+        inter_op_threads=_int_parameter(where, place, "inter_op_thread_count") or settings.inter_op_threads,
         allow_spinning=settings.allow_spinning,
         graph_optimization_level=level,
         cuda_tf32=settings.cuda_tf32,
     )
 
 
-def _record_instance_groups(config: mc.ModelConfig, device: str) -> None:
-    """Make the served config say where instances run, as Triton's auto-complete does."""
-    kind = mc.ModelInstanceGroup.KIND_GPU if device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
-    if not config.instance_group:
-        group = config.instance_group.add()
-        group.count = 1
-    for group in config.instance_group:
-        group.kind = kind
-        if not group.count:
-            group.count = 1
-        if not group.name:
-            group.name = f"{config.name}_{mc.ModelInstanceGroup.Kind.Name(kind).lower()}"
-
-
-def _int_parameter(config: mc.ModelConfig, key: str) -> int:
-    if key not in config.parameters:
+def _int_parameter(where: str, place: mcfg.Placement, key: str) -> int:
+    if key not in place.parameters:
         return 0
-    text = config.parameters[key].string_value
+    text = place.parameters[key]
     try:
         return int(text)
     except ValueError:
-        raise ModelLoadError(f"model {config.name!r}: parameter {key} must be an integer, got {text!r}") from None
+        raise ModelLoadError(f"{where}: parameter {key} must be an integer, got {text!r}") from None
 
 
-def _warm_up(served: ServedModel, config: mc.ModelConfig, model_dir: Path) -> None:
+def _warm_up(served: ServedModel, warmups: list[mcfg.Warmup], model_dir: Path) -> None:
     rng = np.random.default_rng(0)
-    for warmup in config.model_warmup:
+    for warmup in warmups:
         inputs = {}
         batch = (max(1, warmup.batch_size),) if served.max_batch_size > 0 else ()
-        for name, spec in warmup.inputs.items():
-            datatype = CONFIG_TO_DATATYPE.get(mc.DataType.Name(spec.data_type), "")
-            if datatype not in DATATYPE_TO_NUMPY:
-                raise InvalidInput(f"warm-up {warmup.name!r}: input {name!r} has unsupported data_type")
-            dtype = DATATYPE_TO_NUMPY[datatype]
-            shape = batch + tuple(int(d) for d in spec.dims)
-            choice = spec.WhichOneof("input_data_type")
-            if choice == "input_data_file":
-                one = _warm_up_sample(model_dir, warmup.name, name, spec, dtype)
-                inputs[name] = np.broadcast_to(one, shape).copy()
+        for spec in warmup.inputs:
+            if spec.datatype not in DATATYPE_TO_NUMPY:
+                raise InvalidInput(f"warm-up {warmup.name!r}: input {spec.name!r} has unsupported data_type")
+            dtype = DATATYPE_TO_NUMPY[spec.datatype]
+            shape = batch + spec.dims
+            if spec.source == "input_data_file":
+                one = _warm_up_sample(model_dir, warmup.name, spec, dtype)
+                inputs[spec.name] = np.broadcast_to(one, shape).copy()
             elif dtype == object:
-                inputs[name] = np.full(shape, "", dtype=object)
-            elif choice == "random_data":
-                inputs[name] = (rng.random(shape) * 10).astype(dtype)
+                inputs[spec.name] = np.full(shape, "", dtype=object)
+            elif spec.source == "random_data":
+                inputs[spec.name] = (rng.random(shape) * 10).astype(dtype)
             else:
-                inputs[name] = np.zeros(shape, dtype=dtype)
+                inputs[spec.name] = np.zeros(shape, dtype=dtype)
         for _ in range(max(1, warmup.count)):
             served.run_sync(inputs)
 
 
-def _warm_up_sample(
-    model_dir: Path, warmup: str, name: str, spec: mc.ModelWarmup.Input, dtype: np.dtype[Any]
-) -> Array:
+def _warm_up_sample(model_dir: Path, warmup: str, spec: mcfg.WarmupInput, dtype: np.dtype[Any]) -> Array:
     """One warm-up sample from `<model>/warmup/<input_data_file>`: inside the model's directory, and exactly
     the bytes its dims and data_type need (a larger file is not read)."""
-    what = f"model_warmup {quoted(warmup)}: input {quoted(name)}: input_data_file"
+    what = f"model_warmup {quoted(warmup)}: input {quoted(spec.name)}: input_data_file"
     # Two steps, so the warmup folder may not lead outside either, and the message quotes only the given name.
     folder = inside(model_dir, "warmup", what)
-    path = inside(folder, spec.input_data_file, what, "model's warmup directory")
+    path = inside(folder, spec.data_file, what, "model's warmup directory")
     if dtype == object:
         raise ModelLoadError(f"{what}: BYTES samples from a file are not supported; use zero_data")
-    dims = tuple(int(d) for d in spec.dims)
+    dims = spec.dims
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     try:
         size = path.stat().st_size if path.is_file() else -1
     except OSError:
         size = -1
     if size < 0:
-        raise ModelLoadError(f"{what} {quoted(spec.input_data_file)}: no such file in the model's warmup directory")
+        raise ModelLoadError(f"{what} {quoted(spec.data_file)}: no such file in the model's warmup directory")
     if size != expected:
         raise ModelLoadError(
-            f"{what} {quoted(spec.input_data_file)} holds {size} bytes; dims {list(dims)} of "
-            f"{mc.DataType.Name(spec.data_type)} need {expected}"
+            f"{what} {quoted(spec.data_file)} holds {size} bytes; dims {list(dims)} of "
+            f"{spec.config_type} need {expected}"
         )
     return np.fromfile(path, dtype=dtype, count=expected // dtype.itemsize).reshape(dims)

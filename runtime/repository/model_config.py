@@ -350,6 +350,109 @@ def _check_groups(config: mc.ModelConfig, where: str) -> None:
             raise ModelLoadError(f"{where}: instance_group kind KIND_MODEL is not supported")
 
 
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Triton's version_policy: `all`, `specific` (versions) or `latest` (count)."""
+
+    choice: str
+    versions: tuple[int, ...] = ()
+    count: int = 1
+
+
+def version_policy(config: mc.ModelConfig) -> VersionPolicy:
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice") or "latest"
+    if choice == "specific":
+        return VersionPolicy("specific", tuple(sorted({int(v) for v in policy.specific.versions})))
+    if choice == "all":
+        return VersionPolicy("all")
+    return VersionPolicy("latest", count=int(policy.latest.num_versions) or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where and how a version's sessions run, as its config asks: instance groups and optimization."""
+
+    kinds: frozenset[str]  # "gpu" / "cpu" named by the instance groups (KIND_AUTO names none)
+    gpus: tuple[int, ...]
+    instances: int
+    accelerators: tuple[str, ...]  # execution accelerators named (none is supported)
+    graph_level: int | None  # optimization.graph.level when set
+    parameters: dict[str, str]
+
+
+_KIND_NAMES = {mc.ModelInstanceGroup.KIND_GPU: "gpu", mc.ModelInstanceGroup.KIND_CPU: "cpu"}
+
+
+def placement(config: mc.ModelConfig) -> Placement:
+    accelerators = config.optimization.execution_accelerators
+    return Placement(
+        kinds=frozenset(
+            _KIND_NAMES.get(group.kind, mc.ModelInstanceGroup.Kind.Name(group.kind))
+            for group in config.instance_group
+            if group.kind != mc.ModelInstanceGroup.KIND_AUTO
+        ),
+        gpus=tuple(int(g) for group in config.instance_group for g in group.gpus),
+        instances=instance_count(config),
+        accelerators=tuple(a.name for a in [*accelerators.gpu_execution_accelerator, *accelerators.cpu_execution_accelerator]),
+        graph_level=int(config.optimization.graph.level) if config.optimization.HasField("graph") else None,
+        parameters={key: value.string_value for key, value in config.parameters.items()},
+    )
+
+
+def record_instance_groups(config: mc.ModelConfig, device: str) -> None:
+    """Make the served config say where instances run, as Triton's auto-complete does."""
+    kind = mc.ModelInstanceGroup.KIND_GPU if device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
+    if not config.instance_group:
+        group = config.instance_group.add()
+        group.count = 1
+    for group in config.instance_group:
+        group.kind = kind
+        if not group.count:
+            group.count = 1
+        if not group.name:
+            group.name = f"{config.name}_{mc.ModelInstanceGroup.Kind.Name(kind).lower()}"
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupInput:
+    name: str
+    datatype: str  # V2 name; "" for a data_type we cannot serve
+    config_type: str  # e.g. TYPE_FP32, for messages
+    dims: tuple[int, ...]
+    source: str  # "input_data_file", "random_data", "zero_data" (the default)
+    data_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Warmup:
+    name: str
+    batch_size: int
+    count: int
+    inputs: tuple[WarmupInput, ...]
+
+
+def warmups(config: mc.ModelConfig) -> list[Warmup]:
+    """The model_warmup entries as plain values."""
+    found = []
+    for warmup in config.model_warmup:
+        inputs = []
+        for name, spec in warmup.inputs.items():
+            config_type = mc.DataType.Name(spec.data_type)
+            inputs.append(
+                WarmupInput(
+                    name=name,
+                    datatype=CONFIG_TO_DATATYPE.get(config_type, ""),
+                    config_type=config_type,
+                    dims=tuple(int(d) for d in spec.dims),
+                    source=spec.WhichOneof("input_data_type") or "zero_data",
+                    data_file=spec.input_data_file,
+                )
+            )
+        found.append(Warmup(warmup.name, int(warmup.batch_size), int(warmup.count), tuple(inputs)))
+    return found
+
+
 def instance_count(config: mc.ModelConfig) -> int:
     """Total instances over all instance groups; a group without count means one."""
     if not config.instance_group:
