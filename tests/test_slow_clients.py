@@ -19,14 +19,11 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
+from tests.engine import in_process_engine
 from tests.serving import RunningServer, running_server
 
-from runtime.config import Settings
-from runtime.engine import Engine
 from runtime.examples import build_mlp, save_model, write_example_repository
 from tests.models import build_identity
-from runtime.repository.registry import ModelRegistry
-from runtime.repository.store import RepositoryStore
 from runtime._pb import grpc_service_pb2 as pb
 from runtime.server.grpc.server import GrpcServer
 
@@ -174,19 +171,16 @@ async def grpc_target(tmp_path: Path) -> AsyncIterator[str]:
     """A GrpcServer in this process with small limits: 6 calls, 3 streams per connection, 0.5 s idle."""
     save_model(build_mlp(), tmp_path, "mlp")
     save_model(build_mlp(), tmp_path, "windowed", config_pbtxt=WINDOWED)
-    settings = Settings(
-        model_repository=tmp_path, grpc_address="127.0.0.1", grpc_port=0,
+    async with in_process_engine(
+        tmp_path, grpc_address="127.0.0.1", grpc_port=0,
         grpc_max_concurrent_rpcs=6, grpc_max_streams_per_connection=3, grpc_stream_idle_timeout_secs=IDLE_S,
-    )  # fmt: skip
-    registry = ModelRegistry(RepositoryStore(settings.repository), settings)
-    await registry.load_all()
-    server = GrpcServer(Engine(registry), settings)
-    await server.start()
-    try:
-        yield f"127.0.0.1:{server.port}"
-    finally:
-        await server.stop(1)
-        await registry.close()
+    ) as core:  # fmt: skip
+        server = GrpcServer(core.engine, core.settings)
+        await server.start()
+        try:
+            yield f"127.0.0.1:{server.port}"
+        finally:
+            await server.stop(1)
 
 
 def infer_request(model: str = "mlp") -> pb.ModelInferRequest:

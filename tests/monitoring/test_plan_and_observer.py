@@ -23,6 +23,7 @@ from runtime.config import Settings
 from runtime.engine import Engine
 from runtime.errors import ExecutionError, InvalidInput, ModelNotFound
 from runtime.examples import save_model
+from tests.engine import OpenEngine
 from tests.models import FAILING_INSTANCE_GROUP, build_failing, build_identity
 from runtime.monitoring import (
     ArrayHistogram,
@@ -39,7 +40,6 @@ from runtime.monitoring import (
 from runtime.model import ModelState
 from runtime.monitoring.observer import BatchTiming
 from runtime.repository.registry import ModelRegistry
-from runtime.repository.store import RepositoryStore
 from runtime.types import InferRequest, TensorSpec
 
 P = metrics.PREFIX
@@ -323,19 +323,20 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-async def serving(repo: Path, observer: MetricsObserver) -> tuple[ModelRegistry, Engine, CollectorRegistry]:
-    registry = ModelRegistry(RepositoryStore(repo), Settings(model_repository=repo), observer=observer)
-    await registry.load_all()
-    return registry, Engine(registry, observer), metrics.build_registry(registry, observer, gpu=False)
+async def serving(
+    open_engine: OpenEngine, repo: Path, observer: MetricsObserver
+) -> tuple[ModelRegistry, Engine, CollectorRegistry]:
+    core = await open_engine(repo, observer=observer)
+    return core.registry, core.engine, metrics.build_registry(core.registry, observer, gpu=False)
 
 
 def request(model: str, array: np.ndarray, protocol: str = "http", version: str = "") -> InferRequest:
     return InferRequest(model, version, {"INPUT0": array}, protocol=protocol)
 
 
-async def test_observer_counts_requests_predictions_and_batches(repo: Path) -> None:
+async def test_observer_counts_requests_predictions_and_batches(repo: Path, open_engine: OpenEngine) -> None:
     observer = MetricsObserver(latency_buckets=[0.5, 10])
-    registry, engine, prom = await serving(repo, observer)
+    registry, engine, prom = await serving(open_engine, repo, observer)
     await engine.infer(request("clf", np.array([[1, 0, 0], [0, 2, 1]], np.float32)))
     await engine.infer(request("clf", np.array([[0, 0, 3]], np.float32), protocol="grpc"))
     with pytest.raises(InvalidInput):
@@ -388,9 +389,9 @@ async def test_observer_counts_requests_predictions_and_batches(repo: Path) -> N
     await registry.close()
 
 
-async def test_in_flight_gauge_follows_the_request_started_hook(repo: Path) -> None:
+async def test_in_flight_gauge_follows_the_request_started_hook(repo: Path, open_engine: OpenEngine) -> None:
     observer = MetricsObserver()
-    registry, _, prom = await serving(repo, observer)
+    registry, _, prom = await serving(open_engine, repo, observer)
     served = registry.get("clf")
     req = request("clf", np.zeros((1, 3), np.float32))
     observer.request_started(req, served)
@@ -401,11 +402,11 @@ async def test_in_flight_gauge_follows_the_request_started_hook(repo: Path) -> N
     await registry.close()
 
 
-async def test_basic_detail_leaves_out_predictions_and_off_records_nothing(repo: Path) -> None:
+async def test_basic_detail_leaves_out_predictions_and_off_records_nothing(repo: Path, open_engine: OpenEngine) -> None:
     details: list[tuple[metrics.Detail, bool, bool]] = [("basic", False, True), ("off", False, False)]
     for detail, predictions, requests in details:
         observer = MetricsObserver(detail=detail)
-        registry, engine, prom = await serving(repo, observer)
+        registry, engine, prom = await serving(open_engine, repo, observer)
         await engine.infer(request("clf", np.array([[1, 0, 0]], np.float32)))
         await observer.settled()
         names = {k[0] for k in samples(generate_latest(prom))}
@@ -415,9 +416,9 @@ async def test_basic_detail_leaves_out_predictions_and_off_records_nothing(repo:
         await registry.close()
 
 
-async def test_series_of_models_gone_from_the_registry_are_dropped(repo: Path) -> None:
+async def test_series_of_models_gone_from_the_registry_are_dropped(repo: Path, open_engine: OpenEngine) -> None:
     observer = MetricsObserver()
-    registry, engine, prom = await serving(repo, observer)
+    registry, engine, prom = await serving(open_engine, repo, observer)
     await engine.infer(request("clf", np.array([[1, 0, 0]], np.float32)))
     assert ("clf", 1) in observer.series_keys()
     observer.forget("clf")
