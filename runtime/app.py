@@ -11,13 +11,24 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, Coroutine, NoReturn, Protocol
 
 from runtime import __version__, codec
 from runtime.config import Settings, worker_count
 from runtime.engine import Engine, EngineApi
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
+
+
+
+class Server(Protocol):
+    """What start_servers needs of an HTTP, gRPC or metrics server."""
+
+    @property
+    def port(self) -> int: ...
+
+    async def start(self) -> None: ...
+
 
 if TYPE_CHECKING:
     from runtime.admin import Admin, AdminApi
@@ -173,22 +184,53 @@ def protocol_servers(
     return http, grpc_server, admin_server
 
 
+async def start_servers(servers: dict[str, Server | None]) -> dict[str, int | None]:
+    """Start every server given; their bound ports by name (None where a server is off)."""
+    for server in servers.values():
+        if server is not None:
+            await server.start()
+    return {name: server.port if server is not None else None for name, server in servers.items()}
+
+
+def begin_drain(settings: Settings, what: str) -> tuple[float, float]:
+    """Log the drain and arm the watchdog: (started, deadline), one deadline for every step that follows."""
+    log.info("%s: no new requests; draining for up to %.0fs", what, settings.exit_timeout_secs)
+    started = time.monotonic()
+    deadline = started + settings.exit_timeout_secs
+    # The watchdog ends the process if a step overruns the deadline anyway.
+    _start_watchdog(deadline + EXIT_SLACK_S)
+    return started, deadline
+
+
+async def stop_protocol_servers(
+    http: AsgiServer | None, grpc_server: GrpcServer | None, admin_server: AsgiServer | None, deadline: float
+) -> bool:
+    """gRPC health says NOT_SERVING; each server stops accepting at once, then waits (to the deadline)
+    for what it accepted. True if everything accepted was answered."""
+    if grpc_server is not None:
+        await grpc_server.set_not_serving()
+    stopping = [server.stop(deadline) for server in (http, admin_server, grpc_server) if server is not None]
+    return all(await asyncio.gather(*stopping))
+
+
+async def close_core(registry: ModelRegistry, metrics_server: AsgiServer | None, deadline: float) -> bool:
+    """Drain and free every model version, then stop the metrics port. True if the registry closed in time."""
+    closing = asyncio.get_running_loop().create_task(registry.close(), name="registry-close")
+    # Not wait_for: cancelling close() part-way would join instance threads on the loop, blocking
+    # it until a running batch ends.
+    closed, _ = await asyncio.wait({closing}, timeout=max(0.1, deadline - time.monotonic()))
+    if metrics_server is not None:
+        await metrics_server.stop(max(deadline, time.monotonic() + 0.2))
+    return bool(closed)
+
+
 async def serve(settings: Settings) -> int:
     log.info("model-runtime %s; codec implementation: %s", __version__, codec.IMPLEMENTATION)
     core = await start_core(settings)
-    registry, engine = core.registry, core.engine
     http, grpc_server, admin_server = protocol_servers(settings, core.engine, core.admin)
-    poller = start_poller(registry, settings)
+    poller = start_poller(core.registry, settings)
     metrics_server = metrics_endpoint(settings, core)
-    for server in (http, grpc_server, metrics_server, admin_server):
-        if server is not None:
-            await server.start()
-    ports = {
-        "admin": admin_server.port if admin_server else None,
-        "http": http.port if http else None,
-        "grpc": grpc_server.port if grpc_server else None,
-        "metrics": metrics_server.port if metrics_server else None,
-    }
+    ports = await start_servers({"admin": admin_server, "http": http, "grpc": grpc_server, "metrics": metrics_server})
     log.info("serving: HTTP %s, gRPC %s, metrics %s", ports["http"], ports["grpc"], ports["metrics"])
     if settings.ports_file is not None:
         write_ports_file(settings.ports_file, ports)
@@ -199,25 +241,12 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
-    log.info("shutting down: no new requests; draining for up to %.0fs", settings.exit_timeout_secs)
-    started = time.monotonic()
-    # One deadline for every step; the watchdog ends the process if a step overruns it anyway.
-    deadline = started + settings.exit_timeout_secs
-    _start_watchdog(deadline + EXIT_SLACK_S)
-    engine.stop_accepting()
+    started, deadline = begin_drain(settings, "shutting down")
+    core.engine.stop_accepting()
     if poller is not None:
         poller.cancel()
-    if grpc_server is not None:
-        await grpc_server.set_not_serving()
-    # Each server stops accepting at once, then waits (up to the deadline) for what it accepted.
-    stopping = [server.stop(deadline) for server in (http, admin_server, grpc_server) if server is not None]
-    drained = all(await asyncio.gather(*stopping))
-    closing = asyncio.get_running_loop().create_task(registry.close(), name="registry-close")
-    # Not wait_for: cancelling close() part-way would join instance threads on the loop, blocking
-    # it until a running batch ends.
-    closed, _ = await asyncio.wait({closing}, timeout=max(0.1, deadline - time.monotonic()))
-    if metrics_server is not None:
-        await metrics_server.stop(max(deadline, time.monotonic() + 0.2))
+    drained = await stop_protocol_servers(http, grpc_server, admin_server, deadline)
+    closed = await close_core(core.registry, metrics_server, deadline)
     status = 0 if closed and drained else 1
     if status:
         log.error("grace period (%.0fs) over with requests unfinished; they were cancelled", settings.exit_timeout_secs)
@@ -264,6 +293,11 @@ def run(settings: Settings) -> int:
         from runtime.supervisor import supervise
 
         return supervise(settings)
+    return run_coroutine(settings, serve(settings))
+
+
+def run_coroutine(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
+    """asyncio.run, or uvloop's, as --event-loop says: every process that serves runs its main this way."""
     if settings.event_loop != "asyncio":
         try:
             import uvloop
@@ -271,5 +305,5 @@ def run(settings: Settings) -> int:
             if settings.event_loop == "uvloop":
                 raise
         else:
-            return uvloop.run(serve(settings))
-    return asyncio.run(serve(settings))
+            return int(uvloop.run(main))
+    return asyncio.run(main)

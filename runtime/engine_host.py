@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any, Awaitable, Callable
 
 from runtime import __version__, codec
 from runtime.admin import Admin
@@ -272,7 +272,7 @@ def _close_fds(fds: list[int]) -> None:
 
 async def serve_engine(settings: Settings, address: str) -> int:
     """The engine process: load the models, serve the metrics port and the front ends' channels until SIGTERM."""
-    from runtime.app import EXIT_SLACK_S, _exit_now, _start_watchdog, metrics_endpoint, start_core, start_poller
+    from runtime.app import _exit_now, begin_drain, close_core, metrics_endpoint, start_core, start_poller, start_servers
 
     log.info("model-runtime %s engine process; codec implementation: %s", __version__, codec.IMPLEMENTATION)
     core = await start_core(settings)
@@ -280,10 +280,8 @@ async def serve_engine(settings: Settings, address: str) -> int:
     host = EngineHost(engine, core.admin)
     poller = start_poller(registry, settings)
     metrics_server = metrics_endpoint(settings, core)
-    if metrics_server is not None:
-        await metrics_server.start()
+    ready = await start_servers({"metrics": metrics_server})
     server = await ChannelServer.listen(address, host.on_channel)
-    ready = {"metrics": metrics_server.port if metrics_server else None}
     sys.stdout.write("READY " + json.dumps(ready) + "\n")
     sys.stdout.flush()
 
@@ -292,10 +290,7 @@ async def serve_engine(settings: Settings, address: str) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
 
-    log.info("engine shutting down: draining for up to %.0fs", settings.exit_timeout_secs)
-    started = time.monotonic()
-    deadline = started + settings.exit_timeout_secs
-    _start_watchdog(deadline + EXIT_SLACK_S)
+    started, deadline = begin_drain(settings, "engine shutting down")
     engine.stop_accepting()
     if poller is not None:
         poller.cancel()
@@ -305,10 +300,7 @@ async def serve_engine(settings: Settings, address: str) -> int:
         await asyncio.sleep(0.02)
     drained = not host.in_flight()
     await server.close()
-    closing = loop.create_task(registry.close(), name="registry-close")
-    closed, _ = await asyncio.wait({closing}, timeout=max(0.1, deadline - time.monotonic()))
-    if metrics_server is not None:
-        await metrics_server.stop(max(deadline, time.monotonic() + 0.2))
+    closed = await close_core(registry, metrics_server, deadline)
     status = 0 if closed and drained else 1
     if status:
         log.error("grace period (%.0fs) over with requests unfinished; they were cancelled", settings.exit_timeout_secs)
@@ -317,22 +309,9 @@ async def serve_engine(settings: Settings, address: str) -> int:
     _exit_now(status)
 
 
-def run_coroutine(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
-    """asyncio.run, or uvloop's, as runtime.app.run picks."""
-    if settings.event_loop != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if settings.event_loop == "uvloop":
-                raise
-        else:
-            return int(uvloop.run(main))
-    return asyncio.run(main)
-
-
 def run_engine(settings: Settings, address: str) -> int:
     """Process main of the engine (`python -m runtime _engine`): logging, signals, READY on stdout."""
-    from runtime.app import configure_logging
+    from runtime.app import configure_logging, run_coroutine
 
     configure_logging(settings)
     # The supervisor forwards SIGTERM in order (front ends first); a terminal's ^C reaches the whole

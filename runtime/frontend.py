@@ -18,7 +18,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,18 +277,11 @@ async def connect(settings: Settings, engine_address: str, index: int) -> Connec
 
 async def serve_frontend(settings: Settings, engine_address: str, index: int) -> int:
     """HTTP + gRPC (+ the admin port) on the shared ports until SIGTERM (drain) or the engine is gone (exit 1)."""
-    from runtime.app import EXIT_SLACK_S, _exit_now, _start_watchdog, protocol_servers
+    from runtime.app import _exit_now, begin_drain, protocol_servers, start_servers, stop_protocol_servers
 
     link = await connect(settings, engine_address, index)
     http, grpc_server, admin_server = protocol_servers(settings, link.engine, link.admin, reuse_port=True)
-    for server in (http, grpc_server, admin_server):
-        if server is not None:
-            await server.start()
-    ports = {
-        "admin": admin_server.port if admin_server else None,
-        "http": http.port if http else None,
-        "grpc": grpc_server.port if grpc_server else None,
-    }
+    ports = await start_servers({"admin": admin_server, "http": http, "grpc": grpc_server})
     log.info("front end %d serving: HTTP %s, gRPC %s", index, ports["http"], ports["grpc"])
     sys.stdout.write("READY " + json.dumps(ports) + "\n")
     sys.stdout.flush()
@@ -304,16 +296,9 @@ async def serve_frontend(settings: Settings, engine_address: str, index: int) ->
         log.error("front end %d: the channel to the engine process closed; exiting", index)
         _exit_now(1)
 
-    log.info("front end %d shutting down: no new requests; draining for up to %.0fs", index, settings.exit_timeout_secs)
-    started = time.monotonic()
-    deadline = started + settings.exit_timeout_secs
-    _start_watchdog(deadline + EXIT_SLACK_S)
+    _, deadline = begin_drain(settings, f"front end {index} shutting down")
     link.engine.stop_accepting()
-    if grpc_server is not None:
-        await grpc_server.set_not_serving()
-    drained = all(
-        await asyncio.gather(*[server.stop(deadline) for server in (http, admin_server, grpc_server) if server is not None])
-    )
+    drained = await stop_protocol_servers(http, grpc_server, admin_server, deadline)
     await link.close()
     status = 0 if drained else 1
     if status:
@@ -325,7 +310,7 @@ async def serve_frontend(settings: Settings, engine_address: str, index: int) ->
 def run_frontend(settings: Settings, engine_address: str, index: int) -> int:
     """Process main of a front end (`python -m runtime _frontend`): logging, signals, READY on stdout."""
     from runtime.app import configure_logging
-    from runtime.engine_host import run_coroutine
+    from runtime.app import run_coroutine
 
     configure_logging(settings)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor sends SIGTERM when it is time

@@ -8,20 +8,10 @@ import pytest
 
 from runtime.errors import InvalidInput, ModelNotFound
 from runtime.examples import build_mlp, build_simple, save_model
+from runtime.examples.configs import SIMPLE_CONFIG
 from runtime.types import InferRequest, RequestedOutput
 from tests.engine import OpenEngine
 
-SIMPLE_CONFIG = """\
-max_batch_size: 8
-input [
-  { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
-  { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
-  { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 16 ] }
-]
-"""
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import io
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -137,20 +138,30 @@ async def test_signal_drains_every_accepted_request(repository: Path, tmp_path: 
         server.stop()
 
 
+def open_stream(channel: grpc.aio.Channel) -> Any:
+    """ModelStreamInfer on a raw channel: requests go as serialized bytes, replies come back parsed."""
+    return channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=lambda raw: raw,
+        response_deserializer=pb.ModelStreamInferResponse.FromString,
+    )
+
+
+def ones_request(model: str, width: int) -> Any:
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="INPUT", datatype="FP32", shape=[1, width])
+    request.raw_input_contents.append(np.ones((1, width), dtype=np.float32).tobytes())
+    return request
+
+
 async def test_idle_stream_does_not_hold_the_shutdown(repository: Path, tmp_path: Path) -> None:
     """An open ModelStreamInfer with nothing pending ends (UNAVAILABLE) at the signal, not after the grace."""
     server = start(repository, tmp_path, grace_s=20)
     try:
         async with grpc.aio.insecure_channel(server.grpc_url) as channel:
-            stream = channel.stream_stream(
-                "/inference.GRPCInferenceService/ModelStreamInfer",
-                request_serializer=lambda raw: raw,
-                response_deserializer=pb.ModelStreamInferResponse.FromString,
-            )
+            stream = open_stream(channel)
             call = stream()
-            request = pb.ModelInferRequest(model_name="heavy")
-            request.inputs.add(name="INPUT", datatype="FP32", shape=[1, 512])
-            request.raw_input_contents.append(np.ones((1, 512), dtype=np.float32).tobytes())
+            request = ones_request("heavy", 512)
             await call.write(request.SerializeToString())
             first = await call.read()
             assert not first.error_message and first.infer_response.outputs
@@ -274,15 +285,9 @@ async def test_idle_and_stalled_clients_do_not_delay_the_exit(hostile_repository
             server.grpc_url
         ) as stream_channel:
             await idle_channel.channel_ready()
-            streams = stream_channel.stream_stream(
-                "/inference.GRPCInferenceService/ModelStreamInfer",
-                request_serializer=lambda raw: raw,
-                response_deserializer=pb.ModelStreamInferResponse.FromString,
-            )
+            streams = open_stream(stream_channel)
             call = streams()
-            request = pb.ModelInferRequest(model_name="quick")
-            request.inputs.add(name="INPUT", datatype="FP32", shape=[1, 16])
-            request.raw_input_contents.append(np.ones((1, 16), dtype=np.float32).tobytes())
+            request = ones_request("quick", 16)
             await call.write(request.SerializeToString())
             assert not (await call.read()).error_message
             unread = streams()
@@ -308,14 +313,8 @@ async def test_idle_connections_do_not_hold_a_long_grace_period(hostile_reposito
     try:
         async with grpc.aio.insecure_channel(server.grpc_url) as channel:
             await channel.channel_ready()
-            call = channel.stream_stream(
-                "/inference.GRPCInferenceService/ModelStreamInfer",
-                request_serializer=lambda raw: raw,
-                response_deserializer=pb.ModelStreamInferResponse.FromString,
-            )()
-            request = pb.ModelInferRequest(model_name="quick")
-            request.inputs.add(name="INPUT", datatype="FP32", shape=[1, 16])
-            request.raw_input_contents.append(np.ones((1, 16), dtype=np.float32).tobytes())
+            call = open_stream(channel)()
+            request = ones_request("quick", 16)
             await call.write(request.SerializeToString())
             assert not (await call.read()).error_message
             signalled = time.monotonic()

@@ -22,7 +22,7 @@ from runtime.errors import ModelLoadError, quoted
 from runtime.repository import limits
 from runtime.paths import inside
 from runtime._pb import model_config_pb2 as mc
-from runtime.spec import BatchingConfig, QueuePolicy, TensorConfig, VersionSpec, public_inputs, public_outputs
+from runtime.spec import BatchingConfig, QueuePolicy, TensorConfig, VersionSpec
 from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG, TensorSpec
 
 ModelConfig = mc.ModelConfig

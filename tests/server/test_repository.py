@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
