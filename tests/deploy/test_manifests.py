@@ -219,11 +219,16 @@ def test_selectors_and_ports_line_up() -> None:
     deployment = one("Deployment")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    service, budget = one("Service"), one("PodDisruptionBudget")
-    assert service["spec"]["selector"].items() <= labels.items()
+    budget = one("PodDisruptionBudget")
     assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert {p["targetPort"] for p in service["spec"]["ports"]} == {p["name"] for p in container["ports"]}
+    services = {s["metadata"]["name"]: s for s in by_kind("Service")}
+    for service in services.values():
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= {p["name"] for p in container["ports"]}
+    assert {p["targetPort"] for p in services["model-runtime"]["spec"]["ports"]} == {
+        p["name"] for p in container["ports"]
+    }
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(serve_settings(container).metrics_port)
     target = one("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
@@ -246,3 +251,14 @@ def test_autoscalers_name_exported_metrics() -> None:
     query = one("InferenceService")["spec"]["predictor"]["autoScaling"]["metrics"][0]["external"]["metric"]["query"]
     names = set(re.findall(r"\b(model_runtime_\w+)\b", query))
     assert names and names <= exposed_names()
+
+
+def test_prometheus_finds_the_pods_through_the_headless_service() -> None:
+    config = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "model-runtime-pods")
+    (sd,) = job["dns_sd_configs"]
+    (name,) = sd["names"]
+    headless = next(s for s in by_kind("Service") if s["spec"].get("clusterIP") == "None")
+    assert name.split(".")[0] == headless["metadata"]["name"]
+    metrics = next(p for p in headless["spec"]["ports"] if p["name"] == "metrics")
+    assert sd["port"] == metrics["port"] == serve_settings(containers()[-1][1]).metrics_port
