@@ -67,23 +67,33 @@ class Session:
             pass
 
     async def run(self) -> None:
+        """Serve the channel until it closes. Frames are handled in its read callback (Channel.consume):
+        no task wake-up between the socket and the infers a read brings."""
+        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_closed(exc: BaseException) -> None:
+            if not closed.done():
+                closed.set_result(None)
+
         try:
-            while True:
-                for message in await self.channel.receive_many():
-                    op = message.get("op")
-                    if op == "infer":
-                        self.start_infer(message)
-                    elif op == "release":
-                        self.release(message.get("ticket"))
-                    elif op == "cancel":
-                        self.cancel(message.get("ticket"))
-                    elif isinstance(op, str) and op.startswith("admin."):
-                        # Loads take seconds: never hold up this front end's infers behind one.
-                        self.host.spawn(self.call(message))
-                    else:
-                        await self.call(message)
+            self.channel.consume(self.on_messages, on_closed)
+            await closed
         finally:
             self.close()
+
+    def on_messages(self, messages: list[Message]) -> None:
+        for message in messages:
+            op = message.get("op")
+            if op == "infer":
+                self.start_infer(message)
+            elif op == "release":
+                self.release(message.get("ticket"))
+            elif op == "cancel":
+                self.cancel(message.get("ticket"))
+            else:
+                # Each call on its own task (a load takes seconds): replies carry their ids, so their
+                # order does not matter, and nothing holds up this front end's infers.
+                self.host.spawn(self.call(message))
 
     async def call(self, message: Message) -> None:
         call_id = message.get("id")

@@ -163,7 +163,8 @@ class RemoteEngine:
             if not released:
                 released = True
                 with contextlib.suppress(Unavailable):
-                    self.caller.notify("release", ticket=ticket)
+                    # Lazy: it rides along with the next infer instead of waking the engine by itself.
+                    self.caller.notify("release", ticket=ticket, lazy=True)
 
         try:
             outputs = read_tensors(self.responses, reply["outputs"], copy=False)

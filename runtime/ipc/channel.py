@@ -48,6 +48,8 @@ MAX_FRAME = 16 * 1024 * 1024
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 HARD_LIMIT = 64 * 1024 * 1024
+#: The longest a lazy frame (send_nowait(lazy=True)) waits for another frame to ride along with.
+LAZY_FLUSH_S = 0.002
 #: Complete frames held unread before reading from the socket pauses.
 READ_LIMIT = 8192
 #: File descriptors one recvmsg can take.
@@ -91,6 +93,7 @@ class Channel:
         self._wbuf = bytearray()  # bytes the socket did not take
         self._wsize = 0  # len(wparts bytes) + len(wbuf)
         self._flush_scheduled = False
+        self._lazy_timer: asyncio.TimerHandle | None = None  # flushes lazy frames nothing else took along
         self._sent_this_turn = False  # a frame went straight out this loop turn; later ones coalesce
         self._writing = False  # add_writer is active
         self._holding = False  # a send with fds is under way: queued frames wait for it
@@ -227,14 +230,22 @@ class Channel:
         return messages
 
     # writing ------------------------------------------------------------------------------------------
-    def send_nowait(self, message: Message, *, defer: bool = False) -> None:
+    def send_nowait(self, message: Message, *, defer: bool = False, lazy: bool = False) -> None:
         """Queue one frame. The first frame of a loop turn goes out at once, with any deferred ones
         queued before it; the frames after it in the same turn are joined into one send at the end of
-        the turn. `defer` (notices nobody waits on, e.g. "release") waits for the next send or the end
-        of the turn, so it rides along with a request instead of waking the peer on its own."""
+        the turn. `defer` (notices nobody waits on, e.g. "cancel") waits for the next send or the end
+        of the turn, so it rides along with a request instead of waking the peer on its own. `lazy`
+        (notices that may wait, e.g. "release") waits for the next send, or LAZY_FLUSH_S: under load
+        it always rides along, and the peer is not woken for it."""
         if self._closed or self._error is not None:
             raise ChannelClosed("the channel is closed")
         frame = _encode(message)
+        if lazy:
+            self._wparts.append(frame)
+            self._wsize += len(frame)
+            if self._lazy_timer is None and not self._flush_scheduled:
+                self._lazy_timer = self._loop.call_later(LAZY_FLUSH_S, self._flush_lazy)
+            return
         if not defer and not self._sent_this_turn and not self._writing and not self._holding:
             self._sent_this_turn = True
             if not self._flush_scheduled:
@@ -346,10 +357,18 @@ class Channel:
                 if not waiter.done():
                     waiter.set_result(None)
 
+    def _flush_lazy(self) -> None:
+        self._lazy_timer = None
+        if not self._flush_scheduled:
+            self._flush()
+
     def _flush(self) -> None:
         """Hand the queued frames to the socket in one send; what it does not take waits for writability."""
         self._flush_scheduled = False
         self._sent_this_turn = False
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         parts = self._wparts
         if self._closed or self._writing or self._holding or not parts:
             return
@@ -405,6 +424,9 @@ class Channel:
         if self._closed:
             return
         self._closed = True
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         if self._reading:
             self._loop.remove_reader(self._fd)
         if self._writing:
@@ -583,15 +605,16 @@ class Caller:
             raise _error_from(reply)
         return reply
 
-    def notify(self, op: str, **fields: Any) -> None:
+    def notify(self, op: str, *, lazy: bool = False, **fields: Any) -> None:
         """Send {"op": op, **fields}; no reply is expected. Deferred (send_nowait(defer=True)): it goes
-        with the next call's frame or at the end of this loop turn."""
+        with the next call's frame or at the end of this loop turn; `lazy`: with the next call's frame,
+        or within LAZY_FLUSH_S."""
         if self._closed is not None:
             raise Unavailable(_CLOSED_MESSAGE)
         message: Message = {"op": op}
         message.update(fields)
         try:
-            self.channel.send_nowait(message, defer=True)
+            self.channel.send_nowait(message, defer=not lazy, lazy=lazy)
         except ChannelClosed:
             raise Unavailable(_CLOSED_MESSAGE) from None
 

@@ -306,3 +306,26 @@ async def test_malformed_frames_close_the_channel(served: tuple[str, Recorder]) 
     with pytest.raises(ChannelClosed):
         await asyncio.wait_for(channel.receive_many(), 5)
     await channel.close()
+
+
+async def test_lazy_notices_ride_along_with_the_next_call(served: tuple[str, Recorder], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lazy notice ("release") does not wake the peer on its own: it goes out with the next call, or
+    after LAZY_FLUSH_S when no call comes; order is kept either way."""
+    address, recorder = served
+    monkeypatch.setattr(channel_module, "LAZY_FLUSH_S", 0.3)
+    caller = Caller(await Channel.connect(address))
+    assert (await caller.call("echo", value=0))["echo"] == 0
+    caller.notify("release", ticket=1, lazy=True)
+    await asyncio.sleep(0.05)  # several loop turns: a deferred notice would have gone by now
+    assert [f.get("op") for f in recorder.frames] == ["echo"]
+    assert (await caller.call("echo", value=2))["echo"] == 2
+    assert [(f.get("op"), f.get("ticket", f.get("value"))) for f in recorder.frames] == [
+        ("echo", 0), ("release", 1), ("echo", 2)
+    ]  # fmt: skip
+    caller.notify("release", ticket=3, lazy=True)
+    for _ in range(100):  # nothing else to ride with: the timer sends it
+        if len(recorder.frames) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert recorder.frames[3] == {"op": "release", "ticket": 3}
+    await caller.close()
