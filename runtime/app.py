@@ -120,7 +120,10 @@ async def start_core(settings: Settings) -> Core:
     observer = monitoring.observer_for(settings)
     registry = ModelRegistry(RepositoryStore(settings.repository), settings, observer=observer)
     await load_models(registry, settings)
-    return Core(registry, Engine(registry, observer=observer), Admin(registry, settings), observer)
+    from runtime.shm import RegionTable
+
+    engine = Engine(registry, observer=observer, shared_memory=RegionTable(allowed=settings.allow_client_shm))
+    return Core(registry, engine, Admin(registry, settings), observer)
 
 
 def metrics_endpoint(settings: Settings, core: Core) -> AsgiServer | None:
@@ -145,19 +148,21 @@ def protocol_servers(
     """The HTTP, gRPC and admin-port servers over an engine and admin (local, or a front end's remote ones)."""
     from starlette.applications import Starlette
 
-    from runtime.server import repository, stats
+    from runtime.server import repository, shm, stats
     from runtime.server.asgi import AsgiServer
     from runtime.server.grpc.server import GrpcServer
     from runtime.server.http.app import build_app, openapi_route
 
+    engine = shm.guarded(engine)  # a remote engine that does not forward shared memory refuses it
     # With --admin-port the admin API lives only there (HTTP), never on the public ports.
     public_admin = settings.admin_port is None
     http_extensions = [
         *stats.http_routes(engine),
+        *shm.http_routes(engine, settings),
         *(repository.http_routes(admin, settings) if public_admin else []),
         openapi_route(),
     ]
-    grpc_extensions = [stats.grpc_handler(engine), *([repository.grpc_handler(admin)] if public_admin else [])]
+    grpc_extensions = [stats.grpc_handler(engine), shm.grpc_handler(engine), *([repository.grpc_handler(admin)] if public_admin else [])]
     http = (
         AsgiServer(
             build_app(engine, settings, http_extensions),

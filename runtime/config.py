@@ -72,6 +72,11 @@ class Settings:
     allow_http: bool = _doc("Serve the HTTP/REST endpoint.", default=True)
     allow_grpc: bool = _doc("Serve the gRPC endpoint.", default=True)
     allow_metrics: bool = _doc("Serve Prometheus metrics.", default=True)
+    allow_client_shm: bool = _doc(
+        "Let clients register system and CUDA shared-memory regions (Triton's flag): the server then maps "
+        "any shared-memory object a client names that this process can open. Off: register is refused.",
+        default=False,
+    )
     ports_file: Path | None = _doc(
         "Once serving, write the bound ports as JSON here ({\"http\": N, \"grpc\": N, \"metrics\": N}).",
         default=None,

@@ -16,11 +16,20 @@ from runtime.monitoring.observer import SUCCESS, NullObserver, Observer, outcome
 from runtime.processing import classify_outputs
 from runtime.repository.model_config import ModelConfig, config_message, public_config_message
 from runtime.repository.registry import ModelRegistry, VersionRecord
+from runtime.shm import CudaRegionStatus, Lease, RegionTable, SystemRegionStatus
 from runtime.statistics import ModelStatistics
 from runtime.types import InferRequest, InferResponse, TensorSpec
 
 # Protocol extensions we implement (GET /v2 and ServerMetadata list them; clients probe them).
-EXTENSIONS = ["model_configuration", "binary_tensor_data", "model_repository", "classification", "statistics"]
+EXTENSIONS = [
+    "model_configuration",
+    "binary_tensor_data",
+    "model_repository",
+    "classification",
+    "statistics",
+    "system_shared_memory",
+    "cuda_shared_memory",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +57,13 @@ class EngineApi(Protocol):
 
 
 class Engine:
-    def __init__(self, registry: ModelRegistry, observer: Observer | None = None) -> None:
+    def __init__(
+        self, registry: ModelRegistry, observer: Observer | None = None, shared_memory: RegionTable | None = None
+    ) -> None:
         self.registry = registry
         self.observer: Observer = observer or NullObserver()
+        # Triton's shared-memory extensions: regions are mapped here, by the process that reads them.
+        self.shared_memory = shared_memory or RegionTable(allowed=False)
         self._accepting = True
 
     # ---- health -----------------------------------------------------------------------------
@@ -107,6 +120,26 @@ class Engine:
         """Triton's statistics extension: every loaded version, one model's, or one version's counters."""
         return statistics.statistics(self.registry, name, version)
 
+    # ---- shared memory (Triton's system and CUDA shared-memory extensions) -------------------
+
+    async def system_shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        await self.shared_memory.register_system(name, key, offset, byte_size)
+
+    async def system_shm_status(self, name: str = "") -> list[SystemRegionStatus]:
+        return self.shared_memory.system_status(name)
+
+    async def system_shm_unregister(self, name: str = "") -> None:
+        await self.shared_memory.unregister_system(name)
+
+    async def cuda_shm_register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        await self.shared_memory.register_cuda(name, raw_handle, device_id, byte_size)
+
+    async def cuda_shm_status(self, name: str = "") -> list[CudaRegionStatus]:
+        return self.shared_memory.cuda_status(name)
+
+    async def cuda_shm_unregister(self, name: str = "") -> None:
+        await self.shared_memory.unregister_cuda(name)
+
     # ---- inference --------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -115,15 +148,20 @@ class Engine:
         try:
             served = self.registry.get(request.model_name, request.model_version)
             self.observer.request_started(request, served)
-            response = await self._infer(served, request)
+            lease = self.shared_memory.lease(request)  # None unless a tensor is in shared memory
+            try:
+                response = await self._infer(served, request, lease)
+            finally:
+                if lease is not None:
+                    lease.release()
         except BaseException as error:
             self.observer.request_finished(request, served, outcome_of(error), time.perf_counter() - started)
             raise
         self.observer.request_finished(request, served, SUCCESS, time.perf_counter() - started)
         return response
 
-    async def _infer(self, served: ServedModel, request: InferRequest) -> InferResponse:
-        validated = served.schema.validate(request.inputs)
+    async def _infer(self, served: ServedModel, request: InferRequest, lease: Lease | None = None) -> InferResponse:
+        validated = served.schema.validate(request.inputs if lease is None else lease.read_inputs(request.inputs))
         selection = served.schema.select_outputs(request.requested_outputs)
         if served.processing is not None:
             # Decoding and resizing images takes milliseconds; the kernels release the GIL.
@@ -143,6 +181,8 @@ class Engine:
             outputs = classify_outputs(served, selection.classified, outputs)
         if selection.wanted is not None:
             outputs = {name: outputs[name] for name in selection.wanted}
+        if lease is not None:
+            outputs = lease.write_outputs(outputs)
         return InferResponse(
             model_name=served.name,
             model_version=str(served.version),

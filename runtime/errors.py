@@ -37,6 +37,7 @@ class Code(enum.Enum):
     TOO_LARGE = "too_large"  # HTTP 413, gRPC RESOURCE_EXHAUSTED
     RESOURCE_EXHAUSTED = "resource_exhausted"  # HTTP 503, gRPC RESOURCE_EXHAUSTED: memory budget, threads
     FAILED_PRECONDITION = "failed_precondition"  # HTTP 409, gRPC FAILED_PRECONDITION
+    ALREADY_EXISTS = "already_exists"  # HTTP 409, gRPC ALREADY_EXISTS: e.g. a shared-memory region's name
     INTERNAL = "internal"  # HTTP 500, gRPC INTERNAL: model execution failed, or a bug
 
 

@@ -58,6 +58,25 @@ def datatype_of(array: Array) -> str:
         raise TypeError(f"numpy dtype {array.dtype} has no V2 datatype") from None
 
 
+@dataclass(slots=True, frozen=True)
+class SharedMemoryRef:
+    """Where a tensor lives in a registered shared-memory region (Triton's shared-memory extensions):
+    `byte_size` bytes from `offset` within region `region` (runtime/shm)."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class SharedInput:
+    """An input the client left in shared memory: its declared datatype and shape, and where it is."""
+
+    datatype: str
+    shape: tuple[int, ...]
+    memory: SharedMemoryRef
+
+
 @dataclass(slots=True)
 class RequestedOutput:
     """An output the client asked for, with the transport's per-output wishes."""
@@ -66,6 +85,8 @@ class RequestedOutput:
     binary: bool | None = None  # HTTP binary extension; None: the request's default
     # Triton classification extension: top-k as "score:index[:label]"; parsed by validate.classification_count
     classification: int = 0
+    # Triton's shared-memory extensions: the engine writes the output there and answers no data
+    shared_memory: SharedMemoryRef | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +102,12 @@ class InferRequest:
     # Seconds on the monotonic clock after which the request is no longer wanted.
     deadline: float | None = None
     protocol: str = ""  # "http" or "grpc", for metrics and logs
+    # Inputs left in registered shared memory, by name (none of them in `inputs`); the engine reads them
+    shared_inputs: dict[str, SharedInput] | None = None
+    # The caller's W3C `traceparent` (HTTP header, gRPC metadata), read by the transports only while
+    # tracing is configured; the request's span once sampled (runtime/tracing), else None.
+    trace_parent: str = ""
+    trace: Any = None
 
 
 @dataclass(slots=True)

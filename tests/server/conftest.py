@@ -137,3 +137,26 @@ def either(request: pytest.FixtureRequest, server: RunningServer) -> Client:
     if request.param == "http":
         return Client("http", httpclient, httpclient.InferenceServerClient(server.http_url))
     return Client("grpc", grpcclient, grpcclient.InferenceServerClient(server.grpc_url))
+
+
+# ---- shared memory (issue 14) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shm_server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The protocol repository served with --allow-client-shm true (one process: the regions are mapped
+    by the engine, and with --workers the front ends do not forward them yet)."""
+    with running_server(
+        repository,
+        tmp_path_factory.mktemp("shm-server"),
+        extra_args=["--max-request-bytes", str(MAX_REQUEST_BYTES), "--allow-client-shm", "true"],
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def shm_either(request: pytest.FixtureRequest, shm_server: RunningServer) -> Client:
+    """`either` against shm_server."""
+    if request.param == "http":
+        return Client("http", httpclient, httpclient.InferenceServerClient(shm_server.http_url))
+    return Client("grpc", grpcclient, grpcclient.InferenceServerClient(shm_server.grpc_url))

@@ -274,10 +274,10 @@ MISTAKES: dict[str, tuple[bytes, grpc.StatusCode, tuple[str, ...]]] = {
         with_wrong_content_field().SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, ("'INPUT1'", "fp32_contents", "int_contents"),
     ),
     "shared memory output": (
-        with_shared_memory_output().SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, ("'OUTPUT0'", "shared memory", "not supported"),
+        with_shared_memory_output().SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, ("'OUTPUT0'", "shared-memory region 'region0'"),
     ),
     "shared memory input": (
-        with_shared_memory_input().SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, ("'INPUT0'", "shared memory", "not supported"),
+        with_shared_memory_input().SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, ("'INPUT0'", "'shared_memory_region' needs 'shared_memory_byte_size'"),
     ),
     **{
         f"classification {kind}": (

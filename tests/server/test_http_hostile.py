@@ -227,12 +227,12 @@ def test_wrong_json_field_types_are_client_errors_naming_the_field(
 
 
 @pytest.mark.parametrize("key", ["shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"])
-def test_output_in_shared_memory_is_refused(server: RunningServer, key: str) -> None:
+def test_output_with_half_a_shared_memory_reference_is_refused(server: RunningServer, key: str) -> None:
     doc = SIMPLE | {"outputs": [{"name": "OUTPUT0", "parameters": {key: "region" if key.endswith("region") else 64}}]}
-    assert_error(infer_simple(server, doc), "OUTPUT0", "shared memory", "not support")
+    assert_error(infer_simple(server, doc), "OUTPUT0", key, "needs")
 
 
-def test_output_in_shared_memory_is_refused_to_tritonclient(server: RunningServer) -> None:
+def test_output_in_an_unregistered_region_is_refused_to_tritonclient(server: RunningServer) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
     try:
         inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"), httpclient.InferInput("INPUT1", [1, 16], "INT32")]
@@ -243,14 +243,14 @@ def test_output_in_shared_memory_is_refused_to_tritonclient(server: RunningServe
         with pytest.raises(InferenceServerException) as caught:
             client.infer("simple", inputs, outputs=[output])
         assert str(caught.value.status()) == "400"
-        assert "OUTPUT0" in caught.value.message() and "shared memory" in caught.value.message()
+        assert "OUTPUT0" in caught.value.message() and "'output_region'" in caught.value.message()
     finally:
         client.close()
 
 
-def test_input_in_shared_memory_is_refused(server: RunningServer) -> None:
+def test_input_in_an_unregistered_region_is_refused(server: RunningServer) -> None:
     first = {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 64}}
-    assert_error(infer_simple(server, {"inputs": [first, SIMPLE["inputs"][1]]}), "INPUT0", "shared memory")
+    assert_error(infer_simple(server, {"inputs": [first, SIMPLE["inputs"][1]]}), "INPUT0", "shared-memory region 'in'")
 
 
 # ---- item 10: health answers are the V2 spec's JSON objects --------------------------------------------

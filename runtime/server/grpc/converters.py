@@ -11,8 +11,20 @@ from google.protobuf.message import DecodeError, Message
 
 from runtime.errors import InvalidInput, quoted
 from runtime._pb import grpc_service_pb2 as pb
+from runtime.shm import PARAMETERS as SHM_PARAMETERS
+from runtime.shm import parse_reference
+from runtime.shm.reference import shared_memory_parameters
 from runtime.tensors import array_from_raw, check_shape, element_count, numpy_dtype, raw_from_array
-from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
+from runtime.types import (
+    Array,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    SharedInput,
+    SharedMemoryRef,
+    TensorSpec,
+    datatype_of,
+)
 from runtime.validate import classification_count
 
 # InferTensorContents field for each datatype (narrow types travel in their family's 32-bit field).
@@ -32,9 +44,6 @@ CONTENTS_FIELD = {
 }
 ALL_CONTENTS_FIELDS = tuple(sorted(set(CONTENTS_FIELD.values())))
 
-# Parameters that ask for Triton's shared-memory extension, which this server does not offer yet:
-# refused, never silently answered inline.
-SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 def parse(message_type: type[Message], raw: bytes) -> Any:
@@ -53,32 +62,42 @@ def _param_value(param: pb.InferParameter) -> Any:
     return getattr(param, choice) if choice else None
 
 
-def _refuse_shared_memory(kind: str, name: str, parameters: Any) -> None:
-    for key in SHARED_MEMORY_PARAMETERS:
-        if key in parameters:
-            raise InvalidInput(
-                f"{kind} {quoted(name)}: parameter {key!r} asks for shared memory, which is not supported yet; "
-                "send the data in the request (raw_input_contents or contents) and read outputs from the response"
-            )
+def _shared_memory(tensor: str, parameters: Any) -> SharedMemoryRef | None:
+    """A tensor's shared-memory reference (Triton's extension), or None: its parameters parsed as HTTP's are."""
+    present = {key: _param_value(parameters[key]) for key in SHM_PARAMETERS if key in parameters}
+    return parse_reference(present, tensor) if present else None
 
 
 def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
     raw_contents = request.raw_input_contents
-    if raw_contents and len(raw_contents) != len(request.inputs):
+    # tritonclient sends raw_input_contents for the inputs not in shared memory only, in order.
+    memories = [_shared_memory(f"input {quoted(tensor.name)}", tensor.parameters) for tensor in request.inputs]
+    inline_count = memories.count(None)
+    if raw_contents and len(raw_contents) != inline_count:
+        shared_note = f" ({len(memories) - inline_count} more in shared memory)" if inline_count != len(memories) else ""
         raise InvalidInput(
-            f"raw_input_contents has {len(raw_contents)} entries for {len(request.inputs)} inputs; "
-            "give one per input, or none"
+            f"raw_input_contents has {len(raw_contents)} entries for {inline_count} inputs{shared_note}; "
+            "give one per input not in shared memory, or none"
         )
     inputs: dict[str, Array] = {}
-    for index, tensor in enumerate(request.inputs):
+    shared: dict[str, SharedInput] = {}
+    index = 0
+    for tensor, memory in zip(request.inputs, memories):
         name = tensor.name
-        if name in inputs:
+        if name in inputs or name in shared:
             raise InvalidInput(f"input {quoted(name)} appears twice")
-        _refuse_shared_memory("input", name, tensor.parameters)
-        if raw_contents:
+        if memory is not None:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input {quoted(name)} has both contents and shared_memory_region {quoted(memory.region)}; "
+                    "send one of them"
+                )
+            shared[name] = SharedInput(tensor.datatype, check_shape(tensor.shape, name), memory)
+        elif raw_contents:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input {quoted(name)} has both contents and raw_input_contents; send one of them")
             inputs[name] = array_from_raw(raw_contents[index], tensor.datatype, tensor.shape, name)
+            index += 1
         else:
             inputs[name] = _array_from_contents(tensor, name)
     requested: list[RequestedOutput] = []
@@ -87,13 +106,13 @@ def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) 
         if output.name in seen:
             raise InvalidInput(f"output {quoted(output.name)} is requested twice")
         seen.add(output.name)
-        _refuse_shared_memory("output", output.name, output.parameters)
         classification = (
             classification_count(_param_value(output.parameters["classification"]), output.name)
             if "classification" in output.parameters
             else 0
         )
-        requested.append(RequestedOutput(output.name, classification=classification))
+        memory = _shared_memory(f"output {quoted(output.name)}", output.parameters)
+        requested.append(RequestedOutput(output.name, classification=classification, shared_memory=memory))
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
@@ -103,6 +122,7 @@ def decode_infer_request(request: pb.ModelInferRequest, deadline: float | None) 
         parameters={key: _param_value(value) for key, value in request.parameters.items()},
         deadline=deadline,
         protocol="grpc",
+        shared_inputs=shared or None,
     )
 
 
@@ -153,10 +173,37 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
+    wanted = response.requested_outputs
+    if wanted is not None and any(out.shared_memory is not None for out in wanted.values()):
+        _encode_with_shared_memory(message, response.outputs, wanted)
+        return message
     for name, array in response.outputs.items():
         message.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
         message.raw_output_contents.append(raw_from_array(array))
     return message
+
+
+def _encode_with_shared_memory(
+    message: pb.ModelInferResponse, outputs: dict[str, Array], wanted: dict[str, RequestedOutput]
+) -> None:
+    """Outputs the engine wrote into shared memory carry their parameters and no data. tritonclient reads
+    raw_output_contents by the output's position, so where some outputs are inline each shared one
+    holds an empty entry."""
+    places = {name: out.shared_memory for name, out in wanted.items()}
+    any_inline = any(places.get(name) is None for name in outputs)
+    for name, array in outputs.items():
+        output = message.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        memory = places.get(name)
+        if memory is None:
+            message.raw_output_contents.append(raw_from_array(array))
+            continue
+        for key, value in shared_memory_parameters(memory).items():
+            if isinstance(value, str):
+                output.parameters[key].string_param = value
+            else:
+                output.parameters[key].int64_param = value
+        if any_inline:
+            message.raw_output_contents.append(b"")
 
 
 def tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:

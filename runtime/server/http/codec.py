@@ -14,8 +14,19 @@ from runtime import codec
 from runtime.errors import InvalidInput, PayloadTooLarge, quoted
 from runtime.server.http.responses import NUMPY_JSON
 from runtime.server.protocol import JSON
-from runtime.tensors import array_from_json, array_from_raw, raw_from_array
-from runtime.types import DATATYPE_TO_NUMPY, Array, InferRequest, InferResponse, RequestedOutput, TensorSpec, datatype_of
+from runtime.shm import parse_reference
+from runtime.shm.reference import shared_memory_parameters
+from runtime.tensors import array_from_json, array_from_raw, check_shape, raw_from_array
+from runtime.types import (
+    DATATYPE_TO_NUMPY,
+    Array,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    SharedInput,
+    TensorSpec,
+    datatype_of,
+)
 from runtime.validate import classification_count
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -178,17 +189,6 @@ def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
 
 
 _JSON_NAMES = {"dict": "object", "list": "array", "str": "string", "int": "integer", "bool": "boolean"}
-_SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
-
-
-def _no_shared_memory(params: dict[str, Any], tensor: str) -> None:
-    # Refused rather than ignored: an output answered inline is not where the client reads it.
-    named = [key for key in _SHARED_MEMORY if key in params]
-    if named:
-        raise InvalidInput(
-            f"{tensor}: parameters.{named[0]} asks for shared memory, which this server does not support "
-            "yet; send the data in the request (JSON or the binary extension) instead"
-        )
 
 
 def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str) -> tuple[InferRequest, bool]:
@@ -197,6 +197,7 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
     raw_inputs = _expect(doc.get("inputs"), list, "'inputs'")
     offset = 0
     inputs: dict[str, Array] = {}
+    shared: dict[str, SharedInput] = {}  # inputs in shared memory: the engine reads them
     for position, raw in enumerate(raw_inputs):
         _expect(raw, dict, f"inputs[{position}]")
         name = _expect(raw.get("name"), str, f"inputs[{position}].name")
@@ -207,10 +208,17 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
         shape = _expect(raw.get("shape"), list, f"{tensor}: 'shape'")
         for dim in shape:
             _expect(dim, int, f"{tensor}: every 'shape' entry")
-        if name in inputs:
+        if name in inputs or name in shared:
             raise InvalidInput(f"{tensor} appears twice")
         params = _expect(raw.get("parameters", {}), dict, f"{tensor}: 'parameters'")
-        _no_shared_memory(params, tensor)
+        memory = parse_reference(params, tensor)
+        if memory is not None:
+            if "data" in raw or "binary_data_size" in params:
+                raise InvalidInput(
+                    f"{tensor} has both data and shared_memory_region {quoted(memory.region)}; send one of them"
+                )
+            shared[name] = SharedInput(datatype, check_shape(shape, name), memory)
+            continue
         size = params.get("binary_data_size")
         if size is not None:
             _expect(size, int, f"{tensor}: binary_data_size")
@@ -240,12 +248,12 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
             name = _expect(raw.get("name"), str, f"outputs[{position}].name")
             tensor = f"output {quoted(name)}"
             out_params = _expect(raw.get("parameters", {}), dict, f"{tensor}: 'parameters'")
-            _no_shared_memory(out_params, tensor)
             binary_flag = out_params.get("binary_data", default_binary)
             if binary_flag is not None:
                 _expect(binary_flag, bool, f"{tensor}: parameters.binary_data")
             classification = classification_count(out_params["classification"], name) if "classification" in out_params else 0
-            requested.append(RequestedOutput(name, binary_flag, classification))
+            memory = parse_reference(out_params, tensor)
+            requested.append(RequestedOutput(name, binary_flag, classification, memory))
     # null is no id (tritonclient never sends one; others write null for "none")
     request_id = doc.get("id")
     if request_id is not None:
@@ -258,6 +266,7 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
         id=request_id or "",
         protocol="http",
         parameters={k: v for k, v in params.items() if k != "binary_data_output"},
+        shared_inputs=shared or None,
     )
     return request, bool(default_binary)
 
@@ -272,6 +281,10 @@ def encode_infer_response(response: InferResponse, default_binary: bool) -> Resp
     for name, array in response.outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         requested = wanted.get(name)
+        if requested is not None and requested.shared_memory is not None:  # written there by the engine
+            entry["parameters"] = shared_memory_parameters(requested.shared_memory)
+            entries.append(entry)
+            continue
         binary = requested.binary if requested is not None and requested.binary is not None else default_binary
         if binary:
             raw = raw_from_array(array)

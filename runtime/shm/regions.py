@@ -1,0 +1,326 @@
+"""Registered shared-memory regions: the table, the mapping of system regions, and each request's lease.
+
+A system region is a POSIX shared-memory object (shm_open's /dev/shm/<key>) that a client created and
+registered by name. The process that reads the tensors maps it (the engine process with --workers),
+after checking with fstat that the registered window lies inside the object: mmap past its end would
+not fail, and the first read there would kill the server with SIGBUS.
+
+Every request that names regions holds a lease on them from before its inputs are read until its
+outputs are written. The table and the counts are touched only on the event loop, so the hot path
+takes no lock. Unregistering takes the name out of the table at once (new requests see no such
+region), then waits for the leases still held before the memory is unmapped.
+"""
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime import codec
+from runtime.errors import Code, InvalidInput, RuntimeServingError, quoted
+from runtime.shm.cuda import CudaRegion
+from runtime.tensors import array_from_raw
+from runtime.types import Array, InferRequest, SharedInput, SharedMemoryRef, datatype_of
+
+SHM_DIRECTORY = "/dev/shm"  # where glibc's shm_open keeps its objects on Linux
+ALLOW_FLAG = "--allow-client-shm"
+
+
+class RegionNotFound(RuntimeServingError):
+    code = Code.NOT_FOUND
+
+
+@dataclass(frozen=True, slots=True)
+class SystemRegionStatus:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CudaRegionStatus:
+    name: str
+    device_id: int
+    byte_size: int
+
+
+class SystemRegion:
+    """One registered window [offset, offset + byte_size) of a shared-memory object, mapped read-write."""
+
+    __slots__ = ("name", "key", "offset", "byte_size", "data", "users", "_map", "_idle")
+
+    def __init__(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.name = name
+        self.key = key
+        self.offset = offset
+        self.byte_size = byte_size
+        self.users = 0  # leases held by running requests
+        self._idle: asyncio.Event | None = None  # made when an unregister waits
+        where = f"system shared-memory region {quoted(name)}"
+        path = os.path.join(SHM_DIRECTORY, _object_name(key, where))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise InvalidInput(f"{where}: key {quoted(key)} names no shared-memory object (shm_open found none)") from None
+        except OSError as exc:
+            raise InvalidInput(f"{where}: cannot open shared-memory object {quoted(key)}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidInput(f"{where}: key {quoted(key)} is not a shared-memory object")
+            if offset + byte_size > info.st_size:
+                raise InvalidInput(
+                    f"{where}: offset {offset} + byte_size {byte_size} = {offset + byte_size} runs past the end of "
+                    f"shared-memory object {quoted(key)}, which has {info.st_size} bytes"
+                )
+            # mmap's offset must be a multiple of the page size: map from the page the window starts in.
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            self._map = mmap.mmap(fd, byte_size + offset - start, mmap.MAP_SHARED, offset=start)
+        finally:
+            os.close(fd)  # the mapping keeps the object alive
+        self.data: Array = np.frombuffer(self._map, np.uint8, byte_size, offset - start)
+
+    def window(self, memory: SharedMemoryRef, tensor: str) -> Array:
+        """The bytes a tensor's reference names, checked to lie inside the region."""
+        end = memory.offset + memory.byte_size
+        if end > self.byte_size:
+            raise InvalidInput(
+                f"{tensor}: shared_memory_offset {memory.offset} + shared_memory_byte_size {memory.byte_size} = {end} "
+                f"runs past the {self.byte_size} bytes of shared-memory region {quoted(self.name)}"
+            )
+        window: Array = self.data[memory.offset : end]
+        return window
+
+    def status(self) -> SystemRegionStatus:
+        return SystemRegionStatus(self.name, self.key, self.offset, self.byte_size)
+
+    async def close(self) -> None:
+        """Wait for the requests still using the region, then unmap it."""
+        if self.users:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        del self.data
+        try:
+            self._map.close()
+        except BufferError:
+            # An array a finished request made still views the memory: it is unmapped when that goes.
+            pass
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0 and self._idle is not None:
+            self._idle.set()
+
+
+def _object_name(key: str, where: str) -> str:
+    """shm_open's rule for names: one leading slash at most, then one path component."""
+    name = key[1:] if key.startswith("/") else key
+    if not name or "/" in name or name in (".", ".."):
+        raise InvalidInput(
+            f"{where}: key {quoted(key)} is not a shared-memory object name ('/name', one path component)"
+        )
+    return name
+
+
+Region = SystemRegion | CudaRegion
+
+
+class RegionTable:
+    """The registered regions by name (system and CUDA regions share one namespace, as in Triton)."""
+
+    def __init__(self, allowed: bool = False) -> None:
+        self.allowed = allowed
+        self._regions: dict[str, Region] = {}
+
+    # ---- registration -----------------------------------------------------------------------
+
+    def _check_new(self, kind: str, name: str) -> None:
+        if not self.allowed:
+            raise RuntimeServingError(
+                f"registering {kind} shared memory is off on this server: mapping a client's memory lets it "
+                f"share any object this process can open; start the server with {ALLOW_FLAG} true to allow it",
+                Code.PERMISSION_DENIED,
+            )
+        if not name:
+            raise InvalidInput(f"{kind} shared-memory register: the region needs a name")
+        existing = self._regions.get(name)
+        if existing is not None:
+            what = "system" if isinstance(existing, SystemRegion) else "CUDA"
+            raise RuntimeServingError(
+                f"shared-memory region {quoted(name)} is already registered (as {what} shared memory); "
+                "unregister it first or pick another name",
+                Code.ALREADY_EXISTS,
+            )
+
+    async def register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._check_new("system", name)
+        where = f"system shared-memory region {quoted(name)}"
+        if offset < 0 or byte_size <= 0:
+            raise InvalidInput(f"{where}: offset must be >= 0 and byte_size > 0, got offset {offset}, byte_size {byte_size}")
+        region = SystemRegion(name, key, offset, byte_size)
+        self._regions[name] = region
+
+    async def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        self._check_new("CUDA", name)
+        self._regions[name] = CudaRegion.open(name, raw_handle, device_id, byte_size)
+
+    # ---- status and unregistering -----------------------------------------------------------
+
+    def system_status(self, name: str = "") -> list[SystemRegionStatus]:
+        return [region.status() for region in self._select(SystemRegion, "system", name)]
+
+    def cuda_status(self, name: str = "") -> list[CudaRegionStatus]:
+        return [
+            CudaRegionStatus(region.name, region.device_id, region.byte_size)
+            for region in self._select(CudaRegion, "CUDA", name)
+        ]
+
+    def _select(self, kind: type[Any], what: str, name: str) -> list[Any]:
+        if not name:
+            return [region for region in self._regions.values() if isinstance(region, kind)]
+        region = self._regions.get(name)
+        if not isinstance(region, kind):
+            raise RegionNotFound(f"no {what} shared-memory region named {quoted(name)} is registered")
+        return [region]
+
+    async def unregister_system(self, name: str = "") -> None:
+        await self._unregister(SystemRegion, name)
+
+    async def unregister_cuda(self, name: str = "") -> None:
+        await self._unregister(CudaRegion, name)
+
+    async def _unregister(self, kind: type[Any], name: str) -> None:
+        """Unregister one region, or every region of the kind; an unknown name is no error (as Triton).
+
+        The names go at once, the memory once the requests using it have finished.
+        """
+        names = [name] if name else [n for n, region in self._regions.items() if isinstance(region, kind)]
+        closing = []
+        for each in names:
+            region = self._regions.get(each)
+            if isinstance(region, kind):
+                del self._regions[each]
+                closing.append(region)
+        await asyncio.gather(*(region.close() for region in closing))
+
+    async def close(self) -> None:
+        await asyncio.gather(self.unregister_system(), self.unregister_cuda())
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def lease(self, request: InferRequest) -> Lease | None:
+        """The regions a request names, held until Lease.release(); None when it names none."""
+        shared_inputs = request.shared_inputs
+        outputs = [out for out in request.requested_outputs or () if out.shared_memory is not None]
+        if not shared_inputs and not outputs:
+            return None
+        lease = Lease(request.model_name)
+        try:
+            for name, shared in (shared_inputs or {}).items():
+                lease.inputs[name] = (self._region_for(shared.memory, f"input {quoted(name)}", lease), shared)
+            for out in outputs:
+                assert out.shared_memory is not None
+                lease.outputs[out.name] = (self._region_for(out.shared_memory, f"output {quoted(out.name)}", lease), out.shared_memory)
+        except BaseException:
+            lease.release()
+            raise
+        return lease
+
+    def _region_for(self, memory: SharedMemoryRef, tensor: str, lease: Lease) -> SystemRegion:
+        region = self._regions.get(memory.region)
+        if region is None:
+            raise InvalidInput(f"{tensor}: shared-memory region {quoted(memory.region)} is not registered")
+        if isinstance(region, CudaRegion):
+            raise RuntimeServingError(
+                f"{tensor}: region {quoted(memory.region)} is CUDA shared memory; tensors in CUDA shared memory "
+                "are not supported by this server yet (use system shared memory)",
+                Code.FAILED_PRECONDITION,
+            )
+        region.window(memory, tensor)  # bounds, before anything runs
+        region.users += 1
+        lease.held.append(region)
+        return region
+
+
+class Lease:
+    """One request's hold on the regions it names: reads its inputs, writes its outputs."""
+
+    __slots__ = ("model", "inputs", "outputs", "held")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.inputs: dict[str, tuple[SystemRegion, SharedInput]] = {}
+        self.outputs: dict[str, tuple[SystemRegion, SharedMemoryRef]] = {}
+        self.held: list[SystemRegion] = []
+
+    def read_inputs(self, inline: dict[str, Array]) -> dict[str, Array]:
+        """The request's inputs: those sent inline, and those in shared memory as arrays (views where the
+        datatype has a fixed size: the bytes go from the client's memory into the batch)."""
+        arrays = dict(inline)
+        for name, (region, shared) in self.inputs.items():
+            arrays[name] = _read(region, shared, name)
+        return arrays
+
+    def write_outputs(self, outputs: dict[str, Array]) -> dict[str, Array]:
+        """Write each output asked for in shared memory into its region; in the answer it becomes a
+        stand-in of the same datatype and shape that holds no memory (the transports send no data)."""
+        if not self.outputs:
+            return outputs
+        answered = dict(outputs)
+        for name, (region, memory) in self.outputs.items():
+            array = outputs.get(name)
+            if array is not None:
+                _write(region, memory, name, array)
+                answered[name] = stand_in(array)
+        return answered
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for region in held:
+            region.release()
+
+
+def _read(region: SystemRegion, shared: SharedInput, name: str) -> Array:
+    tensor = f"input {quoted(name)}"
+    window = region.window(shared.memory, tensor)
+    try:
+        array = array_from_raw(window.data, shared.datatype, shared.shape, name)
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"{exc.message} (read from shared-memory region {quoted(region.name)}, offset {shared.memory.offset}, "
+            f"shared_memory_byte_size {shared.memory.byte_size})"
+        ) from None
+    if not array.flags.aligned:  # an offset the element size does not divide: kernels want aligned data
+        array = array.copy()
+    return array
+
+
+def _write(region: SystemRegion, memory: SharedMemoryRef, name: str, array: Array) -> None:
+    tensor = f"output {quoted(name)}"
+    window = region.window(memory, tensor)
+    if array.dtype.kind in "OSU":
+        raw = np.frombuffer(codec.encode_bytes(array), np.uint8)
+        needed = raw.size
+    else:
+        needed = array.nbytes
+    if needed > memory.byte_size:
+        raise InvalidInput(
+            f"{tensor}: shape {list(array.shape)} of {datatype_of(array)} needs {needed} bytes, more than its "
+            f"shared_memory_byte_size {memory.byte_size} in shared-memory region {quoted(region.name)}"
+        )
+    if array.dtype.kind in "OSU":
+        window[:needed] = raw
+    else:
+        window[:needed].view(array.dtype).reshape(array.shape)[...] = array
+
+
+def stand_in(array: Array) -> Array:
+    """An array of the same dtype and shape that holds no memory (every element is one zero)."""
+    fill: Array = np.zeros((), dtype=array.dtype) if array.dtype.kind != "O" else np.array(b"", dtype=object)
+    return np.broadcast_to(fill, array.shape)
