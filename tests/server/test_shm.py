@@ -145,12 +145,12 @@ def test_inputs_and_outputs_at_offsets_inside_one_region(shm_either: Client, reg
     np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.int32, [1, 16], offset=192), SIMPLE_A - SIMPLE_B)
     answered = result.get_output("OUTPUT0")
     if shm_either.protocol == "http":
-        assert answered["shape"] == [1, 16] and answered["datatype"] == "INT32" and "data" not in answered
-        assert answered["parameters"]["shared_memory_region"] == outputs
+        # no parameters, as Triton: perf_analyzer's client reads binary_data_size from any that has them
+        assert answered == {"name": "OUTPUT0", "datatype": "INT32", "shape": [1, 16]}
     else:
         assert list(answered.shape) == [1, 16] and answered.datatype == "INT32"
         assert answered.parameters["shared_memory_region"].string_param == outputs
-        assert not result.get_response().raw_output_contents
+        assert list(result.get_response().raw_output_contents) == [b"", b""]  # by position, as Triton
 
 
 def sample(datatype: str) -> np.ndarray:

@@ -186,11 +186,10 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
 def _encode_with_shared_memory(
     message: pb.ModelInferResponse, outputs: dict[str, Array], wanted: dict[str, RequestedOutput]
 ) -> None:
-    """Outputs the engine wrote into shared memory carry their parameters and no data. tritonclient reads
-    raw_output_contents by the output's position, so where some outputs are inline each shared one
-    holds an empty entry."""
+    """Outputs the engine wrote into shared memory carry their parameters and no data. The clients read
+    raw_output_contents by the output's position (perf_analyzer's crashes on a short list), so each
+    shared output holds an empty entry, as Triton's does."""
     places = {name: out.shared_memory for name, out in wanted.items()}
-    any_inline = any(places.get(name) is None for name in outputs)
     for name, array in outputs.items():
         output = message.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
         memory = places.get(name)
@@ -202,8 +201,7 @@ def _encode_with_shared_memory(
                 output.parameters[key].string_param = value
             else:
                 output.parameters[key].int64_param = value
-        if any_inline:
-            message.raw_output_contents.append(b"")
+        message.raw_output_contents.append(b"")
 
 
 def tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -15,7 +15,6 @@ from runtime.errors import InvalidInput, PayloadTooLarge, quoted
 from runtime.server.http.responses import NUMPY_JSON
 from runtime.server.protocol import JSON
 from runtime.shm import parse_reference
-from runtime.shm.reference import shared_memory_parameters
 from runtime.tensors import array_from_json, array_from_raw, check_shape, raw_from_array
 from runtime.types import (
     DATATYPE_TO_NUMPY,
@@ -281,8 +280,9 @@ def encode_infer_response(response: InferResponse, default_binary: bool) -> Resp
     for name, array in response.outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         requested = wanted.get(name)
-        if requested is not None and requested.shared_memory is not None:  # written there by the engine
-            entry["parameters"] = shared_memory_parameters(requested.shared_memory)
+        if requested is not None and requested.shared_memory is not None:
+            # Written there by the engine: name, datatype and shape only. No parameters either, as Triton:
+            # the C++ client (perf_analyzer) reads binary_data_size from any output that has parameters.
             entries.append(entry)
             continue
         binary = requested.binary if requested is not None and requested.binary is not None else default_binary
