@@ -20,7 +20,7 @@ from runtime.batching.ragged import group_key as ragged_group_key
 from runtime.batching.workers import InstanceWorkers, WorkersUnavailable
 from runtime.processing import Processing
 from runtime.monitoring.observer import BatchTiming, NullObserver, Observer
-from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
+from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction, window_of
 from runtime.spec import QueuePolicy, VersionSpec, public_inputs, public_outputs
 from runtime.types import Array, TensorSpec
 from runtime.validate import RequestSchema, Validated
@@ -83,6 +83,7 @@ class ModelStats:
 
 def batch_policy(config: VersionSpec, instances: int, default_max_queue_size: int) -> BatchPolicy:
     """Triton's dynamic_batching block as a BatchPolicy; no block means each request runs alone."""
+    window = window_of(config.parameters, f"model {config.name!r}")  # checked even where unused
     batching = config.dynamic_batching
     if batching is None or config.max_batch_size == 0:
         return BatchPolicy(
@@ -108,6 +109,7 @@ def batch_policy(config: VersionSpec, instances: int, default_max_queue_size: in
         concurrency=instances,
         levels=levels,
         default_level=max(0, batching.default_priority_level - 1),
+        window=window,
     )
 
 

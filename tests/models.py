@@ -19,6 +19,9 @@ FAILING_TABLE_SIZE = 100
 # Pins the failing model to the CPU provider: CUDA's Gather does not check indices, so there the
 # model would return garbage instead of raising.
 FAILING_INSTANCE_GROUP = "instance_group { kind: KIND_CPU }\n"
+# Triton's fixed batching window, for tests whose requests must wait in the queue for company (or to
+# be cancelled, time out, be drained): the default adaptive window would run a lone request at once.
+FIXED_WINDOW = 'parameters { key: "batch_window" value: { string_value: "fixed" } }\n'
 
 
 def onnx_element_type(datatype: str) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tests.models import FIXED_WINDOW
 from tests.serving import RunningServer, start_server
 
 from runtime.examples import build_mlp, build_wide_mlp, save_model
@@ -31,7 +32,7 @@ WINDOWED = """\
 name: "windowed"
 max_batch_size: 32
 dynamic_batching { max_queue_delay_microseconds: 1500000 }
-"""
+""" + FIXED_WINDOW
 # No batching: 256-row requests run one at a time, ~70 ms each: at the signal one runs, others queue.
 HEAVY = """\
 name: "heavy"
@@ -183,7 +184,7 @@ async def test_grace_period_over_cancels_and_exits_1(repository: Path, tmp_path:
 name: "windowed"
 max_batch_size: 32
 dynamic_batching { max_queue_delay_microseconds: 6000000 }
-"""
+""" + FIXED_WINDOW
     repo = tmp_path / "repo"
     save_model(build_mlp(), repo, "windowed", config_pbtxt=slow)
     server = start(repo, tmp_path / "work", grace_s=1)

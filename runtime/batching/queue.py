@@ -4,6 +4,16 @@ Requests wait in one FIFO per priority level. A batch is formed when an instance
 either the preferred size is reached or the oldest request has waited max_delay; only requests
 whose group key matches (same non-batch shapes) are merged. The batcher knows nothing of
 numpy or transports: it hands payloads to an injected `run_batch`.
+
+The window (Window.ADAPTIVE, the default) also closes early when waiting cannot pay:
+- everyone recently seen is already here: the rows in flight (queued plus running) reach the
+  most that were in flight at once over the last PEAK_MEMORY_S to 2 x PEAK_MEMORY_S. A lone
+  closed-loop client therefore never waits, and N closed-loop clients wait only until all N are
+  back (never longer than max_delay). Like Clipper's adaptive batching this learns from what the
+  traffic did, but it adapts the wait rather than the batch size: the size cap stays Triton's.
+- the next request is not due within the window: the moving average of inter-arrival gaps, counted
+  from the last arrival, ends after the oldest request's window does.
+Window.FIXED is Triton's: wait for the preferred size or the full max_delay.
 """
 from __future__ import annotations
 
@@ -15,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
 
-from runtime.errors import QueueFull, RequestTimeout, Unavailable
+from runtime.errors import ModelLoadError, QueueFull, RequestTimeout, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +36,35 @@ R = TypeVar("R")
 class TimeoutAction(enum.Enum):
     REJECT = "reject"
     DELAY = "delay"
+
+
+class Window(enum.Enum):
+    """How long a batch waits for company: ADAPTIVE closes early when waiting cannot pay (module
+    docstring), FIXED is Triton's (the preferred size or the full max_delay)."""
+
+    ADAPTIVE = "adaptive"
+    FIXED = "fixed"
+
+
+WINDOW_PARAMETER = "batch_window"  # the model config parameter that chooses the Window
+# How long the peak of rows in flight is remembered: a burst makes lone requests wait (up to the
+# window) for at most 2x this after it ends; long enough to span the gaps of steady closed-loop load.
+PEAK_MEMORY_S = 0.1
+_GAP_WEIGHT = 1 / 8  # of each new inter-arrival gap in the moving average
+
+
+def window_of(parameters: dict[str, str], where: str) -> Window:
+    """The Window a model config's `batch_window` parameter names (absent or empty: ADAPTIVE)."""
+    text = parameters.get(WINDOW_PARAMETER, "").strip().lower()
+    if not text:
+        return Window.ADAPTIVE
+    try:
+        return Window(text)
+    except ValueError:
+        choices = " or ".join(repr(w.value) for w in Window)
+        raise ModelLoadError(
+            f"{where}: parameter {WINDOW_PARAMETER} must be {choices}, got {parameters[WINDOW_PARAMETER]!r}"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +85,7 @@ class BatchPolicy:
     concurrency: int = 1
     levels: tuple[LevelPolicy, ...] = (LevelPolicy(max_queue_size=1024),)
     default_level: int = 0  # index into levels
+    window: Window = Window.ADAPTIVE
 
     @property
     def batching(self) -> bool:
@@ -92,8 +132,10 @@ class BatchQueue(Generic[P, R]):
         policy: BatchPolicy,
         run_batch: RunBatch[P, R],
         runs_inline: Callable[[], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self._clock = clock  # seconds; injected by tests. Timers still run on the loop's clock.
         self.policy = policy
         self._run_batch = run_batch
         # True when run_batch will finish without suspending (execution on the event loop itself):
@@ -106,6 +148,15 @@ class BatchQueue(Generic[P, R]):
         # Rows queued per group key, so a batch's size is known without walking the queues.
         self._group_rows: dict[Hashable, int] = {}
         self.stats = QueueStats(level_queued=[0] * len(policy.levels))
+        # What the adaptive window learns from (see the module docstring).
+        self._adaptive = policy.batching and policy.max_delay_s > 0 and policy.window is Window.ADAPTIVE
+        self._queued_rows = 0
+        self._running_rows = 0
+        self._peak_rows = 0  # most rows in flight at once since _peak_until - PEAK_MEMORY_S
+        self._previous_peak_rows = 0  # the same over the PEAK_MEMORY_S before that
+        self._peak_until = 0.0
+        self._last_arrival: float | None = None
+        self._gap_s: float | None = None  # moving average of inter-arrival gaps
         self._closing = False
         # Made lazily inside the running loop (a queue may be built before the loop starts).
         self._wakeup: asyncio.Event | None = None
@@ -135,7 +186,7 @@ class BatchQueue(Generic[P, R]):
                 f"model {self.name}: queue is full ({policy.max_queue_size} requests waiting); retry later"
             )
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
+        now = self._clock()
         if timeout_s is None or not policy.allow_timeout_override:
             timeout_s = policy.default_timeout_s if policy.default_timeout_s else timeout_s
         item: Pending[P, R] = Pending(payload, rows, group, level, now, loop.create_future())
@@ -147,23 +198,42 @@ class BatchQueue(Generic[P, R]):
         self.stats.queued += 1
         self.stats.level_queued[level] += 1
         self._group_rows[group] = self._group_rows.get(group, 0) + rows
+        self._queued_rows += rows
+        if self._adaptive:
+            self._note_arrival(now)
         assert self._wakeup is not None and self._free_instances is not None
-        if self.stats.queued == 1 and self.policy.max_delay_s == 0 and not self._free_instances.empty():
-            # Nothing to wait for and an instance idle: run now, without a trip through the dispatcher.
-            instance = self._free_instances.get_nowait()
-            batch = self._take(group, self.policy.max_batch_rows or rows)
-            if self._runs_inline is not None and self._runs_inline():
-                await self._execute(instance, batch)
-                return item.future.result()
-            self._start(instance, batch)
-        else:
-            self._wakeup.set()
         try:
+            if self.stats.queued == 1 and not self._free_instances.empty() and await self._alone_now(item):
+                # Nothing to wait for and an instance idle: run now, without a trip through the dispatcher.
+                instance = self._free_instances.get_nowait()
+                batch = self._take(group, self.policy.max_batch_rows or rows)
+                if self.stats.queued:
+                    self._wakeup.set()  # what arrived meanwhile and did not fit
+                if self._runs_inline is not None and self._runs_inline():
+                    await self._execute(instance, batch)
+                    if item.future.done():
+                        return item.future.result()
+                else:
+                    self._start(instance, batch)
+            else:
+                self._wakeup.set()
             return await item.future
         except asyncio.CancelledError:
             if item.state is _State.QUEUED:
                 self._withdraw(item)
             raise
+
+    async def _alone_now(self, item: Pending[P, R]) -> bool:
+        """Whether the one queued request, with an instance idle, should run at once."""
+        if self.policy.max_delay_s == 0:
+            return True
+        if self._waiting_pays(item):
+            return False
+        # Waiting cannot pay, but requests that reached the queue in this same loop turn (a burst
+        # read from several connections at once) can still join: one yield lets them queue first.
+        await asyncio.sleep(0)
+        assert self._free_instances is not None
+        return item.state is _State.QUEUED and not self._free_instances.empty() and not self._waiting_pays(item)
 
     async def drain(self) -> None:
         """Wait until nothing is queued or running."""
@@ -208,6 +278,7 @@ class BatchQueue(Generic[P, R]):
         skipped as stale, until a scan reaches it)."""
         self.stats.queued -= 1
         self.stats.level_queued[item.level] -= 1
+        self._queued_rows -= item.rows
         left = self._group_rows[item.group] - item.rows
         if left:
             self._group_rows[item.group] = left
@@ -225,7 +296,7 @@ class BatchQueue(Generic[P, R]):
             return
         self._withdraw(item)
         if not item.future.done():
-            waited_us = (time.monotonic() - item.enqueued_at) * 1e6
+            waited_us = (self._clock() - item.enqueued_at) * 1e6
             item.future.set_exception(
                 RequestTimeout(f"model {self.name}: request timed out in the queue after {waited_us:.0f} us")
             )
@@ -251,6 +322,33 @@ class BatchQueue(Generic[P, R]):
         fitting = [size for size in policy.preferred_rows if size <= available]
         return max(fitting) if fitting else None
 
+    def _note_arrival(self, now: float) -> None:
+        """Learn from one arrival (already counted in _queued_rows): the peak of rows in flight and
+        the gap since the previous arrival."""
+        if now >= self._peak_until:
+            # A new memory period; the last one is remembered only if it ended just now.
+            recent = now < self._peak_until + PEAK_MEMORY_S
+            self._previous_peak_rows = self._peak_rows if recent else 0
+            self._peak_rows = 0
+            self._peak_until = now + PEAK_MEMORY_S
+        self._peak_rows = max(self._peak_rows, self._queued_rows + self._running_rows)
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self._gap_s = gap if self._gap_s is None else self._gap_s + (gap - self._gap_s) * _GAP_WEIGHT
+        self._last_arrival = now
+
+    def _waiting_pays(self, first: Pending[P, R]) -> bool:
+        """Whether the batch of `first` may still gain company within its window (FIXED: always)."""
+        if not self._adaptive:
+            return True
+        expected = max(self._peak_rows, self._previous_peak_rows)
+        if self._queued_rows + self._running_rows >= expected:
+            return False  # everyone seen recently is here already
+        if self._gap_s is not None and self._last_arrival is not None:
+            if self._last_arrival + self._gap_s > first.enqueued_at + self.policy.max_delay_s:
+                return False  # the next arrival is not due before the window ends
+        return True
+
     def _take(self, group: Hashable, target_rows: int) -> list[Pending[P, R]]:
         """Requests of `group` in serving order, up to `target_rows` rows (at least one request). Each
         queue is walked from its head only until the batch is full; what is passed over keeps its place."""
@@ -272,7 +370,7 @@ class BatchQueue(Generic[P, R]):
                 else:
                     kept.append(item)
             queue.extendleft(reversed(kept))
-        now = time.monotonic()
+        now = self._clock()
         for item in batch:
             item.state = _State.TAKEN
             item.taken_at = now
@@ -335,8 +433,8 @@ class BatchQueue(Generic[P, R]):
                 return []
             limit = self.policy.max_batch_rows or first.rows
             target = self._target_rows(self._rows_available(first.group))
-            remaining = first.enqueued_at + self.policy.max_delay_s - time.monotonic()
-            if target is not None or remaining <= 0:
+            remaining = first.enqueued_at + self.policy.max_delay_s - self._clock()
+            if target is not None or remaining <= 0 or not self._waiting_pays(first):
                 return self._take(first.group, target or limit)
             # A timer that sets the event is much cheaper than wait_for's task and cancellation.
             self._wakeup.clear()
@@ -349,6 +447,8 @@ class BatchQueue(Generic[P, R]):
     async def _execute(self, instance: int, batch: list[Pending[P, R]]) -> None:
         assert self._free_instances is not None
         live = [item for item in batch if not item.future.done()]
+        rows = sum(item.rows for item in batch)
+        self._running_rows += rows
         try:
             if live:
                 results = await self._run_batch(instance, live)
@@ -362,6 +462,7 @@ class BatchQueue(Generic[P, R]):
                 if not item.future.done():
                     item.future.set_exception(exc)
         finally:
+            self._running_rows -= rows
             self._free_instances.put_nowait(instance)
             task = asyncio.current_task()
             if task is not None:

@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from runtime.examples import save_model
-from tests.models import FAILING_INSTANCE_GROUP, build_failing, build_identity
+from tests.models import FAILING_INSTANCE_GROUP, FIXED_WINDOW, build_failing, build_identity
 from tests.monitoring.scrape import eventually, scrape
 from tests.serving import RunningServer, running_server, thread_http_client
 
@@ -34,13 +34,13 @@ def build_repo(root: Path) -> Path:
         build_identity("FP32"), root, "slow_window",
         config_pbtxt=(
             f"max_batch_size: 16\ndynamic_batching {{ max_queue_delay_microseconds: {SLOW_WINDOW_US}\n"
-            "  default_queue_policy { max_queue_size: 2 allow_timeout_override: true } }\n"
+            "  default_queue_policy { max_queue_size: 2 allow_timeout_override: true } }\n" + FIXED_WINDOW
         ),
     )
     save_model(
         build_failing(), root, "failing_batched",
         config_pbtxt="max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 100000 }\n"
-        + FAILING_INSTANCE_GROUP,
+        + FAILING_INSTANCE_GROUP + FIXED_WINDOW,
     )
     return root
 

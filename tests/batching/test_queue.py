@@ -6,8 +6,17 @@ from typing import Callable, Sequence
 
 import pytest
 
-from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction
-from runtime.errors import QueueFull, RequestTimeout, Unavailable
+from runtime.batching.queue import (
+    PEAK_MEMORY_S,
+    BatchPolicy,
+    BatchQueue,
+    LevelPolicy,
+    Pending,
+    TimeoutAction,
+    Window,
+    window_of,
+)
+from runtime.errors import ModelLoadError, QueueFull, RequestTimeout, Unavailable
 
 
 class Recorder:
@@ -67,9 +76,9 @@ async def test_batch_never_exceeds_max_rows() -> None:
     assert [len(batch) for batch in recorder.batches] == [2, 2, 1]
 
 
-async def test_lone_request_waits_for_the_window_then_runs() -> None:
+async def test_fixed_window_keeps_a_lone_request_for_the_whole_window() -> None:
     recorder = Recorder()
-    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=0.05), recorder)
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=0.05, window=Window.FIXED), recorder)
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert await queue.submit("only", 1) == "done:only"
@@ -220,3 +229,114 @@ async def test_close_drains_then_refuses() -> None:
     assert [t.result() for t in tasks] == ["done:r0", "done:r1", "done:r2"]
     with pytest.raises(Unavailable, match="shutting down"):
         await queue.submit("after", 1)
+
+
+# ---- the adaptive window ------------------------------------------------------------------------
+
+
+class Clock:
+    """A clock the test moves by hand (the batcher's `clock`); timers still run on the loop's."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def finishes_at_once(submitted: "asyncio.Future[str]") -> str:
+    """The request's result, which must come within a few loop turns (no window waited out)."""
+    await until(submitted.done, turns=20)
+    return submitted.result()
+
+
+async def test_lone_requests_never_wait() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=60.0), recorder)
+    for i in range(5):  # one closed-loop client: each request is alone in flight
+        assert await finishes_at_once(asyncio.ensure_future(queue.submit(f"r{i}", 1))) == f"done:r{i}"
+    assert recorder.batches == [[f"r{i}"] for i in range(5)]
+
+
+async def test_fixed_window_holds_a_lone_request_that_adaptive_runs() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=60.0, window=Window.FIXED), recorder)
+    lone = asyncio.ensure_future(queue.submit("lone", 1))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not lone.done() and queue.stats.queued == 1  # Triton's wait: company may still come
+    rest = [asyncio.ensure_future(queue.submit(f"r{i}", 1)) for i in range(7)]  # max_batch_rows 8
+    await finishes_at_once(lone)
+    await asyncio.gather(*rest)
+    assert recorder.batches == [["lone", *(f"r{i}" for i in range(7))]]
+
+
+async def test_a_burst_forms_one_full_batch() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=60.0, max_batch_rows=4), recorder)
+    results = await asyncio.wait_for(asyncio.gather(*(queue.submit(f"r{i}", 1) for i in range(8))), 5.0)
+    assert results == [f"done:r{i}" for i in range(8)]
+    assert recorder.batches == [["r0", "r1", "r2", "r3"], ["r4", "r5", "r6", "r7"]]
+
+
+async def test_closed_loop_clients_wait_for_each_other_then_close_the_batch_at_once() -> None:
+    recorder = Recorder()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=60.0), recorder)
+    await asyncio.gather(*(queue.submit(f"a{i}", 1) for i in range(4)))  # four clients in flight
+    # They come back one by one: the first three wait for the fourth, which closes the batch.
+    second = []
+    for i in range(3):
+        second.append(asyncio.ensure_future(queue.submit(f"b{i}", 1)))
+        await until(lambda: queue.stats.queued == len(second))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not any(task.done() for task in second)
+    second.append(asyncio.ensure_future(queue.submit("b3", 1)))
+    for task in second:
+        await finishes_at_once(task)
+    assert recorder.batches == [["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"]]
+
+
+async def test_the_peak_is_forgotten_when_the_load_stops() -> None:
+    recorder = Recorder()
+    clock = Clock()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=60.0), recorder, clock=clock)
+    await asyncio.gather(*(queue.submit(f"a{i}", 1) for i in range(4)))
+    clock.now += PEAK_MEMORY_S / 2  # still remembered: a lone request waits for the others
+    waiting = asyncio.ensure_future(queue.submit("b0", 1))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    others = [asyncio.ensure_future(queue.submit(f"b{i}", 1)) for i in range(1, 4)]
+    await asyncio.gather(waiting, *others)
+    clock.now += 2.5 * PEAK_MEMORY_S  # a quiet spell: the peak is forgotten
+    assert await finishes_at_once(asyncio.ensure_future(queue.submit("c0", 1))) == "done:c0"
+    assert recorder.batches[-1] == ["c0"]
+
+
+async def test_company_not_due_within_the_window_is_not_waited_for() -> None:
+    recorder = Recorder()
+    clock = Clock()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=0.02), recorder, clock=clock)
+    await asyncio.gather(queue.submit("a0", 1), queue.submit("a1", 1))  # two in flight: the peak is 2
+    # 0.15 s later: the average gap (0 + 0.15 / 8) says the next one is due within 0.02 s: wait.
+    clock.now += 0.15
+    waiting = asyncio.ensure_future(queue.submit("b0", 1))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    await asyncio.gather(waiting, queue.submit("b1", 1))
+    assert recorder.batches[-1] == ["b0", "b1"]
+    # 0.19 s after that: the average gap (about 0.024 s) runs past the window: run at once, although
+    # two were in flight within the peak's memory.
+    clock.now += 0.19
+    assert await finishes_at_once(asyncio.ensure_future(queue.submit("c0", 1))) == "done:c0"
+    assert recorder.batches[-1] == ["c0"]
+
+
+def test_the_window_parameter() -> None:
+    assert window_of({}, "model 'm'") is Window.ADAPTIVE
+    assert window_of({"batch_window": " Fixed "}, "model 'm'") is Window.FIXED
+    assert window_of({"batch_window": "adaptive"}, "model 'm'") is Window.ADAPTIVE
+    with pytest.raises(ModelLoadError, match="model 'm': parameter batch_window must be 'adaptive' or 'fixed', got 'soon'"):
+        window_of({"batch_window": "soon"}, "model 'm'")

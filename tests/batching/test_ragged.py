@@ -20,10 +20,10 @@ from runtime.spec import VersionSpec
 from runtime.types import InferRequest
 from google.protobuf import text_format
 from tests.engine import OpenEngine
-from tests.models import build_identity
+from tests.models import FIXED_WINDOW, build_identity
 
 RAGGED = 'parameters { key: "ragged_padding" value: { string_value: "true" } }\n'
-WINDOW = "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n"
+WINDOW = "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 300000 }\n" + FIXED_WINDOW
 IO = (
     'input { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }\n'
     'output { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }\n'

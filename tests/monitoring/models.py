@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.examples import save_model
-from tests.models import FAILING_INSTANCE_GROUP, build_failing, build_identity
+from tests.models import FAILING_INSTANCE_GROUP, FIXED_WINDOW, build_failing, build_identity
 
 LABELS = ["cat", "dog", "bird"]
 DRIFT_WINDOW = 200
@@ -43,7 +43,7 @@ dynamic_batching {
   max_queue_delay_microseconds: 1500000
   default_queue_policy { max_queue_size: 1 }
 }
-"""
+""" + FIXED_WINDOW
 
 
 def build_monitoring_repository(root: Path) -> Path:
