@@ -18,7 +18,7 @@ setup-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,bench,loadtest]'
 
 serve: setup
-	$(BIN)/model-runtime serve
+	$(BIN)/model-runtime serve --allow-client-shm true
 
 perf-analyzer: $(BIN)/python
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash bench/install_perf_analyzer.sh
