@@ -61,12 +61,23 @@ def server(
 # ---- one client over either protocol -------------------------------------------------------------------
 
 STATUS = {  # what each client reports for a core error code
-    "http": {"INVALID_ARGUMENT": "400", "NOT_FOUND": "404", "UNAVAILABLE": "503", "TOO_LARGE": "413"},
+    "http": {
+        "INVALID_ARGUMENT": "400",
+        "NOT_FOUND": "404",
+        "UNAVAILABLE": "503",
+        "TOO_LARGE": "413",
+        "PERMISSION_DENIED": "403",
+        "ALREADY_EXISTS": "409",
+        "FAILED_PRECONDITION": "409",
+    },
     "grpc": {
         "INVALID_ARGUMENT": "StatusCode.INVALID_ARGUMENT",
         "NOT_FOUND": "StatusCode.NOT_FOUND",
         "UNAVAILABLE": "StatusCode.UNAVAILABLE",
         "TOO_LARGE": "StatusCode.RESOURCE_EXHAUSTED",
+        "PERMISSION_DENIED": "StatusCode.PERMISSION_DENIED",
+        "ALREADY_EXISTS": "StatusCode.ALREADY_EXISTS",
+        "FAILED_PRECONDITION": "StatusCode.FAILED_PRECONDITION",
     },
 }
 

@@ -15,18 +15,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor
+from tritonclient.utils import serialize_byte_tensor
 
 from tests.serving import RunningServer
 from tests.server.conftest import DATATYPES, Client, identity_name
 
 _names = itertools.count()
-
-STATUS = {
-    "http": {"INVALID_ARGUMENT": "400", "PERMISSION_DENIED": "403", "NOT_FOUND": "404", "ALREADY_EXISTS": "409", "FAILED_PRECONDITION": "409", "UNAVAILABLE": "503"},
-    "grpc": {code: f"StatusCode.{code}" for code in ("INVALID_ARGUMENT", "PERMISSION_DENIED", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "UNAVAILABLE")},
-}
-
 
 class Regions:
     """Shared-memory objects made with tritonclient's helpers for one test, destroyed (and unregistered) after."""
@@ -66,16 +60,6 @@ def status(client: Client, name: str = "") -> dict[str, tuple[str, int, int]]:
     return {r.name: (r.key, int(r.offset), int(r.byte_size)) for r in answer.regions.values()}
 
 
-def expect(client: Client, call: Any, code: str, *fragments: str) -> str:
-    with pytest.raises(InferenceServerException) as caught:
-        call()
-    message = caught.value.message()
-    assert str(caught.value.status()) == STATUS[client.protocol][code], f"{caught.value.status()}: {message}"
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
-
-
 def shm_input(client: Client, name: str, shape: list[int], datatype: str, region: str, byte_size: int, offset: int = 0) -> Any:
     tensor = client.module.InferInput(name, shape, datatype)
     tensor.set_shared_memory(region, byte_size, offset)
@@ -104,7 +88,7 @@ def test_register_status_and_unregister(shm_either: Client, regions: Regions) ->
     assert status(shm_either, second) == {second: (f"/{second}", 4096, 1024)}
     shm_either.triton.unregister_system_shared_memory(first)
     assert first not in status(shm_either) and second in status(shm_either)
-    expect(shm_either, lambda: status(shm_either, first), "NOT_FOUND", f"'{first}'")
+    shm_either.expect_error(lambda: status(shm_either, first), "NOT_FOUND", f"'{first}'")
     shm_either.triton.unregister_system_shared_memory("never_registered")  # no error, as Triton
     assert "system_shared_memory" in shm_either.server_metadata()["extensions"]
 
@@ -120,8 +104,7 @@ def test_unregister_all_answers_with_nothing_registered(shm_either: Client) -> N
 
 def test_cuda_register_without_a_gpu_says_so(shm_either: Client) -> None:
     raw = base64.b64encode(b"\0" * 64)
-    expect(
-        shm_either,
+    shm_either.expect_error(
         lambda: shm_either.triton.register_cuda_shared_memory("cuda_region", raw, 0, 64),
         "FAILED_PRECONDITION",
         "CUDA shared memory needs a GPU",
@@ -281,10 +264,10 @@ def test_grpc_stream_with_shared_memory(shm_server: RunningServer) -> None:
 def test_register_errors_name_region_key_and_numbers(shm_either: Client, regions: Regions) -> None:
     name, _ = regions.make(100)
     register = shm_either.triton.register_system_shared_memory
-    expect(shm_either, lambda: register(name, f"/{name}", 100), "ALREADY_EXISTS", f"'{name}'", "already registered")
-    expect(shm_either, lambda: register("other", f"/{name}", 80, 40), "INVALID_ARGUMENT", "'other'", "offset 40 + byte_size 80 = 120", "100 bytes")
-    expect(shm_either, lambda: register("other", "/no_such_object_here", 8), "INVALID_ARGUMENT", "'/no_such_object_here'", "no shared-memory object")
-    expect(shm_either, lambda: register("other", "/../etc/passwd", 8), "INVALID_ARGUMENT", "one path component")
+    shm_either.expect_error(lambda: register(name, f"/{name}", 100), "ALREADY_EXISTS", f"'{name}'", "already registered")
+    shm_either.expect_error(lambda: register("other", f"/{name}", 80, 40), "INVALID_ARGUMENT", "'other'", "offset 40 + byte_size 80 = 120", "100 bytes")
+    shm_either.expect_error(lambda: register("other", "/no_such_object_here", 8), "INVALID_ARGUMENT", "'/no_such_object_here'", "no shared-memory object")
+    shm_either.expect_error(lambda: register("other", "/../etc/passwd", 8), "INVALID_ARGUMENT", "one path component")
     assert set(status(shm_either)) == {name}
 
 
@@ -296,11 +279,10 @@ def test_tensor_errors_name_region_tensor_and_numbers(shm_either: Client, region
     def infer(*inputs: Any, outputs: Any = None) -> Any:
         return lambda: shm_either.infer("simple", list(inputs), outputs=outputs)
 
-    expect(shm_either, infer(shm_input(shm_either, "INPUT0", [1, 16], "INT32", "unknown_region", 64), inline), "INVALID_ARGUMENT", "'INPUT0'", "'unknown_region'", "not registered")
-    expect(shm_either, infer(shm_input(shm_either, "INPUT0", [1, 16], "INT32", name, 64, 32), inline), "INVALID_ARGUMENT", "'INPUT0'", f"'{name}'", "offset 32 + shared_memory_byte_size 64 = 96", "64 bytes")
-    expect(shm_either, infer(shm_input(shm_either, "INPUT0", [1, 16], "INT32", name, 60), inline), "INVALID_ARGUMENT", "'INPUT0'", f"'{name}'", "60 bytes", "needs 64")
-    expect(
-        shm_either,
+    shm_either.expect_error(infer(shm_input(shm_either, "INPUT0", [1, 16], "INT32", "unknown_region", 64), inline), "INVALID_ARGUMENT", "'INPUT0'", "'unknown_region'", "not registered")
+    shm_either.expect_error(infer(shm_input(shm_either, "INPUT0", [1, 16], "INT32", name, 64, 32), inline), "INVALID_ARGUMENT", "'INPUT0'", f"'{name}'", "offset 32 + shared_memory_byte_size 64 = 96", "64 bytes")
+    shm_either.expect_error(infer(shm_input(shm_either, "INPUT0", [1, 16], "INT32", name, 60), inline), "INVALID_ARGUMENT", "'INPUT0'", f"'{name}'", "60 bytes", "needs 64")
+    shm_either.expect_error(
         infer(shm_either.input("INPUT0", SIMPLE_A), inline, outputs=[shm_output(shm_either, "OUTPUT0", name, 32)]),
         "INVALID_ARGUMENT", "'OUTPUT0'", f"'{name}'", "needs 64 bytes", "shared_memory_byte_size 32",
     )
@@ -351,7 +333,7 @@ def test_register_is_refused_without_allow_client_shm(either: Client, server: Ru
     name = f"test_region_{next(_names)}"
     handle = shm.create_shared_memory_region(name, f"/{name}", 64)
     try:
-        expect(either, lambda: either.triton.register_system_shared_memory(name, f"/{name}", 64), "PERMISSION_DENIED", "--allow-client-shm true")
+        either.expect_error(lambda: either.triton.register_system_shared_memory(name, f"/{name}", 64), "PERMISSION_DENIED", "--allow-client-shm true")
         assert status(either) == {}
         either.triton.unregister_system_shared_memory()  # still answers, for perf_analyzer
     finally:
