@@ -8,9 +8,13 @@ Requests from every front end go through the one Engine, so they share batches.
 
 Ops (runtime.ipc.Caller frames; every reply carries the call's "id"):
   engine.<live|ready|model_ready|server_metadata|model_metadata|model_config|statistics>
+  engine.<system|cuda>_shm_<register|status|unregister> (Triton's shared-memory extensions: regions are
+         mapped here, by the process that reads and writes them)
   admin.<index|load|unload|rollback|traffic|labels>
-  infer {ticket, model, version, inputs: [TensorRef], outputs: [[name, binary, classification]] | null,
-         request_id, parameters, deadline, protocol} -> {outputs: [TensorRef], model_name, model_version, request_id}
+  infer {ticket, model, version, inputs: [TensorRef],
+         outputs: [[name, binary, classification, [region, byte_size, offset] | null]] | null,
+         shared_inputs: {name: [datatype, shape, region, byte_size, offset]} | null,
+         request_id, parameters, deadline, protocol, trace_parent} -> {outputs: [TensorRef], model_name, model_version, request_id}
   cancel {ticket} (notice): cancel that infer, or give back its outputs if it had already answered
   release {ticket} (notice): the front end has encoded that infer's outputs; their blocks are free again
 """
@@ -36,7 +40,7 @@ from runtime.ipc.channel import Channel, ChannelClosed, ChannelServer, Message
 from runtime.ipc.slab import Slab
 from runtime.ipc.tensors import read_tensors, write_tensors
 from runtime.repository.model_config import config_to_json
-from runtime.types import InferRequest, RequestedOutput
+from runtime.types import InferRequest, RequestedOutput, SharedInput, SharedMemoryRef
 
 log = logging.getLogger("runtime.engine_host")
 
@@ -121,18 +125,23 @@ class Session:
         try:
             inputs = read_tensors(self.requests, message["inputs"], copy=False)
             wanted = message.get("outputs")
+            shared = message.get("shared_inputs")
             request = InferRequest(
                 model_name=message["model"],
                 model_version=message["version"],
                 inputs=inputs,
-                requested_outputs=None if wanted is None else [RequestedOutput(n, b, c) for n, b, c in wanted],
+                requested_outputs=None if wanted is None else [requested_output(*w) for w in wanted],
                 id=message.get("request_id", ""),
                 parameters=message.get("parameters") or {},
                 deadline=message.get("deadline"),
                 protocol=message.get("protocol", ""),
+                shared_inputs=None if not shared else {name: shared_input(*s) for name, s in shared.items()},
+                trace_parent=message.get("trace_parent") or "",
             )
             response = await self.host.engine.infer(request)
-            written = write_tensors(self.responses, response.outputs)
+            # Outputs written into the client's shared memory travel as their datatype and shape only.
+            in_shared_memory = [o.name for o in request.requested_outputs or () if o.shared_memory is not None]
+            written = write_tensors(self.responses, response.outputs, placeholders=in_shared_memory)
             if written is None:
                 raise Unavailable(
                     f"model {request.model_name!r}: the outputs do not fit in what is free of the front end's "
@@ -177,6 +186,17 @@ class Session:
         self.responses.close()
 
 
+def requested_output(name: str, binary: bool | None, classification: int, place: list[Any] | None) -> RequestedOutput:
+    """The inverse of frontend.output_descriptor."""
+    memory = None if place is None else SharedMemoryRef(place[0], place[1], place[2])
+    return RequestedOutput(name, binary, classification, memory)
+
+
+def shared_input(datatype: str, shape: list[int], region: str, byte_size: int, offset: int) -> SharedInput:
+    """The inverse of frontend.shared_inputs_descriptor."""
+    return SharedInput(datatype, tuple(shape), SharedMemoryRef(region, byte_size, offset))
+
+
 class EngineHost:
     """The ops the front ends call, on the engine and admin of this process."""
 
@@ -193,6 +213,16 @@ class EngineHost:
             "engine.model_metadata": self._model_metadata,
             "engine.model_config": self._model_config,
             "engine.statistics": self._statistics,
+            "engine.system_shm_register": lambda m: engine.system_shm_register(
+                m["name"], m["key"], m["offset"], m["byte_size"]
+            ),
+            "engine.system_shm_status": self._system_shm_status,
+            "engine.system_shm_unregister": lambda m: engine.system_shm_unregister(m.get("name", "")),
+            "engine.cuda_shm_register": lambda m: engine.cuda_shm_register(
+                m["name"], base64.b64decode(m["raw_handle"]), m["device_id"], m["byte_size"]
+            ),
+            "engine.cuda_shm_status": self._cuda_shm_status,
+            "engine.cuda_shm_unregister": lambda m: engine.cuda_shm_unregister(m.get("name", "")),
             "admin.index": self._index,
             "admin.load": self._load,
             "admin.unload": lambda m: admin.unload(m["name"]),
@@ -221,6 +251,12 @@ class EngineHost:
 
     async def _statistics(self, m: Message) -> Any:
         return [dataclasses.asdict(s) for s in await self.engine.statistics(m.get("name", ""), m.get("version", ""))]
+
+    async def _system_shm_status(self, m: Message) -> Any:
+        return [dataclasses.asdict(s) for s in await self.engine.system_shm_status(m.get("name", ""))]
+
+    async def _cuda_shm_status(self, m: Message) -> Any:
+        return [dataclasses.asdict(s) for s in await self.engine.cuda_shm_status(m.get("name", ""))]
 
     async def _index(self, m: Message) -> Any:
         return [dataclasses.asdict(row) for row in await self.admin.index(bool(m.get("ready", False)))]

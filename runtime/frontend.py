@@ -29,8 +29,9 @@ from runtime.ipc.channel import Caller, Channel, ChannelClosed, Message
 from runtime.ipc.slab import Slab
 from runtime.ipc.tensors import read_tensors, write_tensors
 from runtime.repository.model_config import ModelConfig, config_from_json
+from runtime.shm import CudaRegionStatus, SystemRegionStatus
 from runtime.statistics import BatchStatistics, Duration, ModelStatistics
-from runtime.types import InferRequest, InferResponse, TensorSpec
+from runtime.types import InferRequest, InferResponse, RequestedOutput, SharedInput, TensorSpec
 
 log = logging.getLogger("runtime.frontend")
 
@@ -73,6 +74,8 @@ def statistics_from_json(doc: dict[str, Any]) -> ModelStatistics:
             )
             for b in doc["batch_stats"]
         ],
+        cache_hit=_duration(doc["cache_hit"]),
+        cache_miss=_duration(doc["cache_miss"]),
     )
 
 
@@ -121,6 +124,30 @@ class RemoteEngine:
         docs = await _call(self.caller, "engine.statistics", name=name, version=version)
         return [statistics_from_json(doc) for doc in docs]
 
+    # Triton's shared-memory extensions: the engine process maps the regions (it reads the inputs into
+    # the batch and writes the outputs), so registration goes there; every front end sees the same table.
+
+    async def system_shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        await _call(self.caller, "engine.system_shm_register", name=name, key=key, offset=offset, byte_size=byte_size)
+
+    async def system_shm_status(self, name: str = "") -> list[SystemRegionStatus]:
+        return [SystemRegionStatus(**doc) for doc in await _call(self.caller, "engine.system_shm_status", name=name)]
+
+    async def system_shm_unregister(self, name: str = "") -> None:
+        await _call(self.caller, "engine.system_shm_unregister", name=name)
+
+    async def cuda_shm_register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        handle = base64.b64encode(raw_handle).decode()
+        await _call(
+            self.caller, "engine.cuda_shm_register", name=name, raw_handle=handle, device_id=device_id, byte_size=byte_size
+        )
+
+    async def cuda_shm_status(self, name: str = "") -> list[CudaRegionStatus]:
+        return [CudaRegionStatus(**doc) for doc in await _call(self.caller, "engine.cuda_shm_status", name=name)]
+
+    async def cuda_shm_unregister(self, name: str = "") -> None:
+        await _call(self.caller, "engine.cuda_shm_unregister", name=name)
+
     async def infer(self, request: InferRequest) -> InferResponse:
         written = write_tensors(self.requests, request.inputs)
         if written is None:
@@ -138,11 +165,13 @@ class RemoteEngine:
                 model=request.model_name,
                 version=request.model_version,
                 inputs=refs,
-                outputs=None if wanted is None else [[o.name, o.binary, o.classification] for o in wanted],
+                outputs=None if wanted is None else [output_descriptor(o) for o in wanted],
+                shared_inputs=None if not request.shared_inputs else shared_inputs_descriptor(request.shared_inputs),
                 request_id=request.id,
                 parameters=request.parameters,
                 deadline=request.deadline,
                 protocol=request.protocol,
+                trace_parent=request.trace_parent,
             )
         except asyncio.CancelledError:
             # The engine cancels it (out of the queue, as a local cancel), or gives back its outputs
@@ -179,6 +208,20 @@ class RemoteEngine:
             requested_outputs={o.name: o for o in wanted} if wanted else None,
             release=release,
         )
+
+
+def output_descriptor(output: RequestedOutput) -> list[Any]:
+    """[name, binary, classification, shared memory as [region, byte_size, offset] | None]."""
+    memory = output.shared_memory
+    place = None if memory is None else [memory.region, memory.byte_size, memory.offset]
+    return [output.name, output.binary, output.classification, place]
+
+
+def shared_inputs_descriptor(shared: dict[str, SharedInput]) -> dict[str, list[Any]]:
+    """name -> [datatype, shape, region, byte_size, offset]: the engine reads these from the region itself."""
+    return {
+        name: [s.datatype, list(s.shape), s.memory.region, s.memory.byte_size, s.memory.offset] for name, s in shared.items()
+    }
 
 
 class RemoteAdmin:

@@ -7,7 +7,7 @@ row-major bytes (little-endian, as numpy holds them here); BYTES is the V2 lengt
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,15 +21,26 @@ __all__ = ["TensorRef", "read_tensors", "write_tensors"]
 TensorRef = tuple[str, str, tuple[int, ...], int, int]  # (name, datatype, shape, offset, nbytes)
 
 
-def write_tensors(slab: Slab, arrays: Mapping[str, Array]) -> tuple[list[TensorRef], list[int]] | None:
+#: The offset of a placeholder ref: a datatype and shape with no data (an output the engine wrote into
+#: the client's shared memory); read_tensors gives an array of that shape that holds no memory.
+PLACEHOLDER = -1
+
+
+def write_tensors(
+    slab: Slab, arrays: Mapping[str, Array], placeholders: Collection[str] = ()
+) -> tuple[list[TensorRef], list[int]] | None:
     """Copy every array into its own block of `slab`: (refs in the arrays' order, offsets to free later),
-    or None when the slab has no room (what this call had allocated is freed again)."""
+    or None when the slab has no room (what this call had allocated is freed again). The arrays named in
+    `placeholders` travel as their datatype and shape only."""
     refs: list[TensorRef] = []
     offsets: list[int] = []
     try:
         for name, array in arrays.items():
             datatype = datatype_of(array)
             shape = tuple(int(dim) for dim in array.shape)
+            if name in placeholders:
+                refs.append((name, datatype, shape, PLACEHOLDER, 0))
+                continue
             if datatype == "BYTES":
                 encoded: bytes = codec.encode_bytes(array)
                 nbytes = len(encoded)
@@ -59,6 +70,15 @@ def write_tensors(slab: Slab, arrays: Mapping[str, Array]) -> tuple[list[TensorR
     return None
 
 
+def _placeholder(name: str, datatype: str, dims: tuple[int, ...]) -> Array:
+    try:
+        dtype = DATATYPE_TO_NUMPY[datatype]
+    except KeyError:
+        raise ValueError(f"tensor {name!r}: unknown datatype {datatype!r}") from None
+    fill = np.array(b"", dtype=object) if dtype.kind == "O" else np.zeros((), dtype=dtype)
+    return np.broadcast_to(fill, dims)
+
+
 def _count(shape: Sequence[int]) -> int:
     count = 1
     for dim in shape:
@@ -74,6 +94,9 @@ def read_tensors(slab: Slab, refs: Sequence[TensorRef | Sequence[Any]], copy: bo
     for ref in refs:
         name, datatype, shape, offset, nbytes = ref
         dims = tuple(int(dim) for dim in shape)
+        if offset == PLACEHOLDER:
+            arrays[name] = _placeholder(name, datatype, dims)
+            continue
         count = _count(dims)
         view = slab.view(int(offset), int(nbytes))
         if datatype == "BYTES":

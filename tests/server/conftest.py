@@ -153,14 +153,17 @@ def either(request: pytest.FixtureRequest, server: RunningServer) -> Client:
 # ---- shared memory (issue 14) ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def shm_server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """The protocol repository served with --allow-client-shm true (one process: the regions are mapped
-    by the engine, and with --workers the front ends do not forward them yet)."""
+@pytest.fixture(scope="session", params=[1, 3], ids=["workers1", "workers3"])
+def shm_server(
+    repository: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RunningServer]:
+    """The protocol repository served with --allow-client-shm true, in one process and with --workers 3
+    (the engine process maps the regions; the front ends forward register, status and unregister)."""
     with running_server(
         repository,
         tmp_path_factory.mktemp("shm-server"),
         extra_args=["--max-request-bytes", str(MAX_REQUEST_BYTES), "--allow-client-shm", "true"],
+        workers=request.param,
     ) as running:
         yield running
 

@@ -328,8 +328,6 @@ def test_grpc_contents_and_region_on_one_tensor_is_refused(shm_server: RunningSe
 
 
 def test_register_is_refused_without_allow_client_shm(either: Client, server: RunningServer) -> None:
-    if server.children()["engine"]:
-        pytest.skip("with --workers N the front ends do not forward shared memory to the engine yet")
     name = f"test_region_{next(_names)}"
     handle = shm.create_shared_memory_region(name, f"/{name}", 64)
     try:
