@@ -63,6 +63,11 @@ class RunningServer:
                 found["frontend"][int(argv[argv.index(b"--index") + 1])] = int(entry.name)
         return {role: [pids[i] for i in sorted(pids)] for role, pids in found.items()}
 
+    def pids(self) -> list[int]:
+        """Every process of this server: the one process, or the supervisor, the engine and the front ends."""
+        children = self.children()
+        return [self.process.pid, *children["engine"], *children["frontend"]]
+
     def stop(self, timeout_s: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

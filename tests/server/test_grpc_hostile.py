@@ -25,19 +25,25 @@ GREEDY_SECONDS = 6.0
 GREEDY_CAP = 3000  # stop sending here: an unbounded server would have ~400 MB queued by then
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=[1, 3], ids=["workers1", "workers3"])
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """The hostile clients against one process and against --workers 3 (supervisor, engine, 3 front ends)."""
     repo = write_example_repository(tmp_path_factory.mktemp("repo"))
     save_model(build_identity("FP32"), repo, "identity_fp32")
-    with running_server(repo, tmp_path_factory.mktemp("server"), ["--allow-metrics", "false"]) as running:
+    with running_server(
+        repo, tmp_path_factory.mktemp("server"), ["--allow-metrics", "false"], workers=request.param
+    ) as running:
         yield running
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS line")
+def rss_bytes(server: RunningServer) -> int:
+    """Resident memory of all the server's processes together."""
+    total = 0
+    for pid in server.pids():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def identity_request(rows: int = 1, width: int = WIDTH, request_id: str = "") -> pb.ModelInferRequest:
@@ -77,10 +83,9 @@ async def test_stream_that_is_never_read_is_bounded(server: RunningServer) -> No
     taking them after a bounded number (its writes are stuck), its memory stays flat, and other
     clients are served meanwhile; when the stream is cancelled everything is released."""
     raw = identity_request().SerializeToString()
-    pid = server.process.pid
     async with grpc.aio.insecure_channel(server.grpc_url) as warm:
         await warm.channel_ready()
-    before = rss_bytes(pid)
+    before = rss_bytes(server)
     accepted = 0
     async with grpc.aio.insecure_channel(server.grpc_url) as greedy:
         call = stream_method(greedy)()
@@ -93,7 +98,7 @@ async def test_stream_that_is_never_read_is_bounded(server: RunningServer) -> No
                 break  # the server stopped taking requests: what this test wants to see
             accepted += 1
         elapsed = time.monotonic() - began
-        grown = rss_bytes(pid) - before
+        grown = rss_bytes(server) - before
         # Someone else is served while the greedy stream is stalled.
         with grpc.insecure_channel(server.grpc_url) as other:
             answer = unary(other, simple_request().SerializeToString())
@@ -110,7 +115,7 @@ async def test_stream_that_is_never_read_is_bounded(server: RunningServer) -> No
         reply = await asyncio.wait_for(call.read(), timeout=10)
         assert not reply.error_message and reply.infer_response.id == "after"
         await call.done_writing()
-    assert rss_bytes(pid) - before < 160 * 2**20
+    assert rss_bytes(server) - before < 160 * 2**20
 
 
 async def test_stream_reader_that_reads_slowly_gets_every_answer(server: RunningServer) -> None:
