@@ -18,6 +18,7 @@ from runtime.config import Settings, worker_count
 from runtime.engine import Engine, EngineApi
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
+from runtime.tracing import TraceControl, Tracing, start_tracing
 
 
 
@@ -105,6 +106,7 @@ class Core:
     engine: Engine
     admin: Admin
     observer: MetricsObserver | None
+    tracing: Tracing | None = None
 
 
 async def start_core(settings: Settings) -> Core:
@@ -118,12 +120,14 @@ async def start_core(settings: Settings) -> Core:
         write_example_repository(settings.example_repository)
         log.info("serving the built-in examples from %s", settings.example_repository)
     observer = monitoring.observer_for(settings)
-    registry = ModelRegistry(RepositoryStore(settings.repository), settings, observer=observer)
+    tracing = start_tracing(settings, observer)
+    reporting = tracing.wrap(observer)  # the metrics observer, inside the tracing one when tracing is on
+    registry = ModelRegistry(RepositoryStore(settings.repository), settings, observer=reporting)
     await load_models(registry, settings)
     from runtime.shm import RegionTable
 
-    engine = Engine(registry, observer=observer, shared_memory=RegionTable(allowed=settings.allow_client_shm))
-    return Core(registry, engine, Admin(registry, settings), observer)
+    engine = Engine(registry, observer=reporting, shared_memory=RegionTable(allowed=settings.allow_client_shm))
+    return Core(registry, engine, Admin(registry, settings), observer, tracing)
 
 
 def metrics_endpoint(settings: Settings, core: Core) -> AsgiServer | None:
@@ -143,12 +147,18 @@ def metrics_endpoint(settings: Settings, core: Core) -> AsgiServer | None:
 
 
 def protocol_servers(
-    settings: Settings, engine: EngineApi, admin: AdminApi, *, reuse_port: bool = False
+    settings: Settings,
+    engine: EngineApi,
+    admin: AdminApi,
+    *,
+    reuse_port: bool = False,
+    trace_control: TraceControl | None = None,
 ) -> tuple[AsgiServer | None, GrpcServer | None, AsgiServer | None]:
     """The HTTP, gRPC and admin-port servers over an engine and admin (local, or a front end's remote ones)."""
     from starlette.applications import Starlette
 
-    from runtime.server import repository, shm, stats
+    from runtime.server import logging_ext, repository, shm, stats, trace
+    from runtime.tracing.logs import LogControl
     from runtime.server.asgi import AsgiServer
     from runtime.server.grpc.server import GrpcServer
     from runtime.server.http.app import build_app, openapi_route
@@ -156,13 +166,19 @@ def protocol_servers(
     engine = shm.guarded(engine)  # a remote engine that does not forward shared memory refuses it
     # With --admin-port the admin API lives only there (HTTP), never on the public ports.
     public_admin = settings.admin_port is None
+    # Trace and logging settings are this process's (a front end's own, without the engine's spans).
+    traces = trace_control if trace_control is not None else TraceControl(exporting=False)
+    logs = LogControl(settings.log_format, JsonFormatter)
     http_extensions = [
+        *trace.http_routes(engine, traces, settings),
+        *logging_ext.http_routes(logs, settings),
         *stats.http_routes(engine),
         *shm.http_routes(engine, settings),
         *(repository.http_routes(admin, settings) if public_admin else []),
         openapi_route(),
     ]
     grpc_extensions = [stats.grpc_handler(engine), shm.grpc_handler(engine), *([repository.grpc_handler(admin)] if public_admin else [])]
+    grpc_extensions += [trace.grpc_handler(engine, traces, settings), logging_ext.grpc_handler(logs, settings)]
     http = (
         AsgiServer(
             build_app(engine, settings, http_extensions),
@@ -232,7 +248,9 @@ async def close_core(registry: ModelRegistry, metrics_server: AsgiServer | None,
 async def serve(settings: Settings) -> int:
     log.info("model-runtime %s; codec implementation: %s", __version__, codec.IMPLEMENTATION)
     core = await start_core(settings)
-    http, grpc_server, admin_server = protocol_servers(settings, core.engine, core.admin)
+    http, grpc_server, admin_server = protocol_servers(
+        settings, core.engine, core.admin, trace_control=core.tracing.control if core.tracing else None
+    )
     poller = start_poller(core.registry, settings)
     metrics_server = metrics_endpoint(settings, core)
     ports = await start_servers({"admin": admin_server, "http": http, "grpc": grpc_server, "metrics": metrics_server})
@@ -252,6 +270,8 @@ async def serve(settings: Settings) -> int:
         poller.cancel()
     drained = await stop_protocol_servers(http, grpc_server, admin_server, deadline)
     closed = await close_core(core.registry, metrics_server, deadline)
+    if core.tracing is not None:
+        await core.tracing.flush(deadline)
     status = 0 if closed and drained else 1
     if status:
         log.error("grace period (%.0fs) over with requests unfinished; they were cancelled", settings.exit_timeout_secs)

@@ -217,6 +217,23 @@ class Settings:
     event_loop: Literal["auto", "uvloop", "asyncio"] = _doc(
         "Event loop implementation: auto uses uvloop where installed.", default="auto"
     )
+    trace_otlp_endpoint: str | None = _doc(
+        "Export OpenTelemetry traces of sampled requests over OTLP to this endpoint: host:port or "
+        "http[s]://host:port for gRPC (the collector's 4317), http[s]://host:port[/v1/traces] with "
+        "--trace-otlp-protocol http (4318). Unset: no tracing, and no cost on the request path.",
+        default=None,
+    )
+    trace_otlp_protocol: Literal["grpc", "http"] = _doc("OTLP transport of --trace-otlp-endpoint.", default="grpc")
+    trace_rate: int = _doc(
+        "Trace one request in every N (Triton's trace_rate; 1 traces all). A request carrying a W3C "
+        "traceparent follows its caller's sampled flag instead.",
+        default=1000,
+    )
+    trace_level: Literal["timestamps", "off"] = _doc(
+        "With --trace-otlp-endpoint: timestamps traces from the start, off waits for the trace extension "
+        "(POST /v2/trace/setting) to turn it on.",
+        default="timestamps",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _doc("Log level.", default="info")
     log_format: LogFormat = _doc("Log line format: text, or one JSON object per line.", default="text")
 
@@ -285,6 +302,7 @@ def setting_ranges() -> dict[str, Range]:
         "http_header_timeout_secs": Range(0, _HOUR, low_open=True),
         "drift_window": Range(1, 1_000_000),
         "request_log_sample_rate": Range(0, 1),
+        "trace_rate": Range(1, 2**31 - 1),
         "workers": Range(0, MAX_WORKERS),
         "worker_slab_bytes": Range(1024 * 1024, 2**40),
     }

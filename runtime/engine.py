@@ -5,6 +5,7 @@ Knows nothing of HTTP or gRPC; transports decode into `InferRequest` and encode 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,6 +30,8 @@ EXTENSIONS = [
     "statistics",
     "system_shared_memory",
     "cuda_shared_memory",
+    "trace",
+    "logging",
 ]
 
 
@@ -168,6 +171,8 @@ class Engine:
             validated = await asyncio.to_thread(served.prepare, validated)
         else:
             validated = served.prepare(validated)
+        if request.trace is not None:  # a sampled request's span rides with it into its batch (runtime/tracing)
+            validated = dataclasses.replace(validated, trace=request.trace)
         priority, timeout_s = _scheduling(request, served)
         started = time.perf_counter_ns()
         try:

@@ -224,6 +224,7 @@ class ServedModel:
             input_seconds=(prepared - started) / 1e9,
             infer_seconds=(ran - prepared) / 1e9,
             output_seconds=(finished - ran) / 1e9,
+            traces=[item.payload.trace for item in items],
         )
         self.stats.record_batch(timing)
         self.observer.batch_executed(self, timing, batch, outputs)

@@ -3,7 +3,7 @@ version, built when it loads (runtime.model.ServedModel.schema)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 from runtime.errors import InvalidInput, quoted
 from runtime.types import Array, RequestedOutput, TensorSpec, datatype_of
@@ -15,6 +15,7 @@ class Validated:
     rows: int  # batch rows this request contributes (1 for models without a batch dim)
     group: Hashable  # requests merge into one batch only when their groups are equal
     output_names: list[str]
+    trace: Any = None  # the request's span while it is traced (runtime/tracing): BatchTiming.traces reports it
 
 
 class RequestSchema:

@@ -98,6 +98,7 @@ class BatchTiming:
     input_seconds: float  # gather inputs into the batch
     infer_seconds: float  # model execution
     output_seconds: float  # split outputs back
+    traces: Sequence[Any] = ()  # per request, its span while traced (runtime/tracing), else None
 
 
 class Observer(Protocol):

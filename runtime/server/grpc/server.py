@@ -52,7 +52,7 @@ class GrpcServer:
             ],
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
-        self._server.add_generic_rpc_handlers((inference_handler(InferenceService(engine)), *extensions))
+        self._server.add_generic_rpc_handlers((inference_handler(InferenceService(engine, read_traceparent=settings.trace_otlp_endpoint is not None)), *extensions))
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         host = settings.grpc_address

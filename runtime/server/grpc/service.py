@@ -64,9 +64,12 @@ def answers_errors(handler: Unary) -> Unary:
 
 
 class InferenceService:
-    def __init__(self, engine: EngineApi, stream_max_pending: int = STREAM_MAX_PENDING) -> None:
+    def __init__(
+        self, engine: EngineApi, stream_max_pending: int = STREAM_MAX_PENDING, read_traceparent: bool = False
+    ) -> None:
         self.engine = engine
         self.stream_max_pending = stream_max_pending
+        self.read_traceparent = read_traceparent  # only while tracing is configured: metadata costs a lookup
 
     @answers_errors
     async def ServerLive(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
@@ -111,7 +114,10 @@ class InferenceService:
         request = parse(pb.ModelInferRequest, raw)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        response = await self.engine.infer(decode_infer_request(request, deadline))
+        decoded = decode_infer_request(request, deadline)
+        if self.read_traceparent:
+            decoded.trace_parent = traceparent(context)
+        response = await self.engine.infer(decoded)
         try:
             return encode_infer_response(response)
         finally:
@@ -129,13 +135,16 @@ class InferenceService:
         """
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self.stream_max_pending)
+        stream_parent = traceparent(context) if self.read_traceparent else ""  # one caller span for the stream
         pending: set[asyncio.Task[None]] = set()
 
         async def answer(raw: bytes) -> None:
             request: pb.ModelInferRequest | None = None
             try:
                 request = parse(pb.ModelInferRequest, raw)
-                response = await self.engine.infer(decode_infer_request(request, None))
+                decoded = decode_infer_request(request, None)
+                decoded.trace_parent = stream_parent
+                response = await self.engine.infer(decoded)
                 try:
                     encoded = encode_infer_response(response)
                 finally:
@@ -178,6 +187,14 @@ class InferenceService:
 
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
+
+
+def traceparent(context: grpc.aio.ServicerContext) -> str:
+    """The caller's W3C traceparent from the call's metadata, or ""."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return value if isinstance(value, str) else value.decode()
+    return ""
 
 
 def unary_handlers(service: object, names: Sequence[str]) -> dict[str, grpc.RpcMethodHandler]:

@@ -26,6 +26,7 @@ from runtime.server.http.responses import Handler, answers_errors, json_response
 
 def build_app(engine: EngineApi, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> Any:
     limit = settings.max_request_bytes
+    read_traceparent = settings.trace_otlp_endpoint is not None  # headers are parsed only while tracing is on
 
     # The V2 spec's health answers are JSON objects (the KServe SDK parses them; tritonclient reads
     # only the status), the 503s too.
@@ -77,6 +78,8 @@ def build_app(engine: EngineApi, settings: Settings, extensions: Sequence[BaseRo
             infer_request, default_binary = decode_infer_request(doc, binary, model, version)
         except InvalidInput as exc:  # the engine's messages name the model; say it here too
             raise InvalidInput(f"model {quoted(model)}: {exc.message}") from None
+        if read_traceparent:
+            infer_request.trace_parent = request.headers.get("traceparent", "")
         with _cancelled_on_disconnect(request):
             response = await engine.infer(infer_request)
         try:
