@@ -11,8 +11,8 @@ The window (Window.ADAPTIVE, the default) also closes early when waiting cannot 
   closed-loop client therefore never waits, and N closed-loop clients wait only until all N are
   back (never longer than max_delay). Like Clipper's adaptive batching this learns from what the
   traffic did, but it adapts the wait rather than the batch size: the size cap stays Triton's.
-- the next request is not due within the window: the moving average of inter-arrival gaps, counted
-  from the last arrival, ends after the oldest request's window does.
+- the next request is not due within the window: the moving average of inter-arrival gaps (measured
+  while a batch is forming), counted from the last arrival, ends after the oldest request's window does.
 Window.FIXED is Triton's: wait for the preferred size or the full max_delay.
 """
 from __future__ import annotations
@@ -332,7 +332,10 @@ class BatchQueue(Generic[P, R]):
             self._peak_rows = 0
             self._peak_until = now + PEAK_MEMORY_S
         self._peak_rows = max(self._peak_rows, self._queued_rows + self._running_rows)
-        if self._last_arrival is not None:
+        # Gaps count only while a batch is forming (something was queued already): the gap before the
+        # first request of a batch spans the last execution and the round trip, which says nothing of
+        # how soon company follows once requests are coming.
+        if self._last_arrival is not None and self.stats.queued > 1:
             gap = now - self._last_arrival
             self._gap_s = gap if self._gap_s is None else self._gap_s + (gap - self._gap_s) * _GAP_WEIGHT
         self._last_arrival = now

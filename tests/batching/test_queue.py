@@ -314,24 +314,33 @@ async def test_the_peak_is_forgotten_when_the_load_stops() -> None:
     assert recorder.batches[-1] == ["c0"]
 
 
-async def test_company_not_due_within_the_window_is_not_waited_for() -> None:
+@pytest.mark.parametrize("third_at, closes_at_once", [(0.049, True), (0.020, False)], ids=["late", "due"])
+async def test_company_not_due_within_the_window_is_not_waited_for(third_at: float, closes_at_once: bool) -> None:
     recorder = Recorder()
     clock = Clock()
-    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=0.02), recorder, clock=clock)
-    await asyncio.gather(queue.submit("a0", 1), queue.submit("a1", 1))  # two in flight: the peak is 2
-    # 0.15 s later: the average gap (0 + 0.15 / 8) says the next one is due within 0.02 s: wait.
-    clock.now += 0.15
-    waiting = asyncio.ensure_future(queue.submit("b0", 1))
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert not waiting.done()
-    await asyncio.gather(waiting, queue.submit("b1", 1))
-    assert recorder.batches[-1] == ["b0", "b1"]
-    # 0.19 s after that: the average gap (about 0.024 s) runs past the window: run at once, although
-    # two were in flight within the peak's memory.
-    clock.now += 0.19
-    assert await finishes_at_once(asyncio.ensure_future(queue.submit("c0", 1))) == "done:c0"
-    assert recorder.batches[-1] == ["c0"]
+    start = clock.now
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=0.05), recorder, clock=clock)
+    await asyncio.gather(*(queue.submit(f"a{i}", 1) for i in range(4)))  # four in flight: the peak is 4
+    # They come back slowly, b0 at 1 ms, b1 at 11 ms: the gaps (0, 0, 0 in the first burst, then 10 ms)
+    # average 1.25 ms, so the next is due long before b0's window ends at 51 ms: wait.
+    second = []
+    for i, at in enumerate((0.001, 0.011, third_at)):
+        clock.now = start + at
+        second.append(asyncio.ensure_future(queue.submit(f"b{i}", 1)))
+        await until(lambda: len(recorder.batches) == 2 or queue.stats.queued == len(second))
+    if closes_at_once:
+        # b2 after a 38 ms gap: the average (5.9 ms) puts the next arrival after the window's end,
+        # so the batch closes now, although the peak says a fourth may come.
+        for task in second:
+            await finishes_at_once(task)
+        assert recorder.batches[-1] == ["b0", "b1", "b2"]
+    else:
+        for _ in range(50):  # b2 after 9 ms: the next is due at about 22 ms, within the window
+            await asyncio.sleep(0)
+        assert not any(task.done() for task in second)
+        second.append(asyncio.ensure_future(queue.submit("b3", 1)))
+        await asyncio.gather(*second)
+        assert recorder.batches[-1] == ["b0", "b1", "b2", "b3"]
 
 
 def test_the_window_parameter() -> None:

@@ -1,0 +1,224 @@
+"""The adaptive batching window against Triton's fixed one and against no batching, in one run.
+
+    python bench/batch_window.py [--repeats 2] [--concurrency 1,8,32,64] [--transports grpc,http-binary]
+                                 [--out bench/RESULTS.md]
+
+One server, three copies of one model that differ only in how they batch:
+
+- `adaptive`: `dynamic_batching { preferred_batch_size: [8, 16, 32] max_queue_delay_microseconds: 2000 }`
+  (the issue's config), with the default `batch_window` (adaptive);
+- `fixed`: the same plus `parameters { key: "batch_window" value: { string_value: "fixed" } }` (Triton's wait);
+- `nobatch`: no `dynamic_batching` block.
+
+The model is the issue's MLP, 256 -> 1024 -> 1024 -> 10 (runtime.examples.build_wide_mlp(256, 1024, 2, 10)),
+`--model example` the example mlp (16 -> 32 -> 4) instead. Each concurrency level measures the three models
+one after another (perf_analyzer, batch-1 requests), and the whole sweep runs `--repeats` times, so the
+spread between repeats shows the machine's run-to-run noise. The average batch comes from the statistics
+extension around each point. The section between `<!-- batch_window.py:begin -->` and `:end -->` in
+`--out` is replaced with the command, the machine, the targets of issue 15 and the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(ROOT))
+
+from lib.machine import busy_warning, load_average, machine_lines
+from lib.perf_analyzer import GRPC, HTTP_BINARY, HTTP_JSON, Transport, install_perf_analyzer
+from lib.report import fmt, ratio, verdict, write_section
+from lib.scrape import average_batch, read_counters
+from lib.servers import wait_ready
+from run import Plan, Point, measure
+from tests.serving import start_server
+
+from runtime.examples import build_mlp, build_wide_mlp, save_model
+
+BEGIN = "<!-- batch_window.py:begin -->"
+END = "<!-- batch_window.py:end -->"
+HEADING = "Adaptive batching window (bench/batch_window.py)"
+TRANSPORTS = {t.label: t for t in (GRPC, HTTP_BINARY, HTTP_JSON)}
+VARIANTS = ("adaptive", "fixed", "nobatch")
+
+# Issue 15's targets.
+TARGET_C1_US = 100.0  # c1 p50, batching on (adaptive) minus batching off
+TARGET_THROUGHPUT = 0.95  # c8-c64: adaptive / fixed throughput
+TARGET_BATCH = 0.90  # c8-c64: adaptive / fixed average batch
+
+
+@dataclass(frozen=True)
+class Shape:
+    label: str
+    input_dims: int
+    output_dims: int
+
+
+SHAPES = {
+    "issue": Shape("the issue's MLP 256-1024-1024-10", 256, 10),
+    "example": Shape("the example mlp 16-32-4", 16, 4),
+}
+
+
+def config_text(name: str, shape: Shape, variant: str, delay_us: int) -> str:
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        "max_batch_size: 32",
+        f'input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ {shape.input_dims} ] }} ]',
+        f'output [ {{ name: "PROBABILITIES" data_type: TYPE_FP32 dims: [ {shape.output_dims} ] }} ]',
+        "instance_group [ { count: 1 kind: KIND_CPU } ]",
+    ]
+    if variant != "nobatch":
+        lines.append(
+            f"dynamic_batching {{ preferred_batch_size: [ 8, 16, 32 ] max_queue_delay_microseconds: {delay_us} }}"
+        )
+    if variant == "fixed":
+        lines.append('parameters { key: "batch_window" value: { string_value: "fixed" } }')
+    return "\n".join(lines) + "\n"
+
+
+def write_repository(root: Path, model: str, delay_us: int) -> None:
+    shape = SHAPES[model]
+    graph = build_wide_mlp(256, 1024, 2, 10) if model == "issue" else build_mlp()
+    for variant in VARIANTS:
+        save_model(graph, root, variant, config_pbtxt=config_text(variant, shape, variant, delay_us))
+
+
+def spread(values: list[float]) -> str:
+    """Median, and the range across repeats as +-% of it."""
+    if not values:
+        return "-"
+    middle = statistics.median(values)
+    if len(values) == 1 or not middle:
+        return fmt(middle)
+    half_range = (max(values) - min(values)) / 2 / middle * 100
+    return f"{fmt(middle)} ±{half_range:.0f}%"
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(SHAPES), default="issue")
+    parser.add_argument("--delay-us", type=int, default=2000, help="max_queue_delay_microseconds (2000)")
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--transports", default="grpc,http-binary")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--window-ms", type=int, default=1000, help="perf_analyzer --measurement-interval")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "bench/batch_window.py", *(sys.argv[1:] if argv is None else argv)])
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    transports: list[Transport] = [TRANSPORTS[label] for label in args.transports.split(",")]
+    plan = Plan(tuple(concurrency), args.window_ms, 5, 25, 0.0, (), ())
+    started = datetime.now(timezone.utc)
+    clock = time.monotonic()
+    load_before = load_average()
+    binary = install_perf_analyzer()
+    work = Path(tempfile.mkdtemp(prefix="batch-window-bench-"))
+    write_repository(work / "repo", args.model, args.delay_us)
+    points: dict[tuple[str, str, int], list[Point]] = {}
+    log: list[str] = []
+    server = start_server(work / "repo", work / "server", ["--intra-op-threads", "1", "--log-level", "warning"])
+    try:
+        wait_ready(server.http_url, list(VARIANTS), server.process)
+        warmup = Plan((1,), 300, 2, 100, 0.0, (), ())
+        for variant in VARIANTS:  # sessions and connections warm before anything counts
+            measure(binary, Point("server", variant, transports[0], 4), server.grpc_url
+                    if transports[0].protocol == "grpc" else server.http_url, warmup, work, log)
+        for repeat in range(args.repeats):
+            for transport in transports:
+                url = server.grpc_url if transport.protocol == "grpc" else server.http_url
+                for level in concurrency:
+                    # Rotated each repeat, so that no variant always runs first after a change of level.
+                    for variant in VARIANTS[repeat % 3:] + VARIANTS[: repeat % 3]:
+                        point = Point("server", variant, transport, level)
+                        before = read_counters(server, variant)
+                        measure(binary, point, url, plan, work, log)
+                        point.avg_batch = average_batch(before, read_counters(server, variant))
+                        points.setdefault((transport.label, variant, level), []).append(point)
+                        print(
+                            f"[{time.monotonic() - clock:6.0f} s] repeat {repeat + 1} {transport.label} c{level} "
+                            f"{variant}: {fmt(point.throughput)}/s p50 {fmt(point.p50_us)} us "
+                            f"batch {fmt(point.avg_batch, 1)} {point.note}",
+                            flush=True,
+                        )
+    finally:
+        server.stop()
+    (work / "perf_analyzer.log").write_text("\n".join(log) + "\n")
+
+    def values(transport: str, variant: str, level: int, attr: str) -> list[float]:
+        return [v for p in points.get((transport, variant, level), []) if (v := getattr(p, attr)) is not None]
+
+    lines = [
+        f"Command: `{command}` ({datetime.now(timezone.utc) - started} on {started:%Y-%m-%d %H:%M} UTC). "
+        f"Model: {SHAPES[args.model].label}, max_batch_size 32, preferred [8, 16, 32], window {args.delay_us} us; "
+        f"perf_analyzer windows of {args.window_ms} ms, batch-1 requests; {args.repeats} repeats of the sweep, "
+        "the three models measured one after another at each level (the order rotated each repeat). Figures: median over repeats, ± half the "
+        "range across repeats as % of the median (the run-to-run noise of this shared machine).",
+        "",
+        *machine_lines(binary, 1),
+        f"- Load average before / after: {load_before} / {load_average()}",
+        *busy_warning(load_before),
+        "",
+        "| # | target | transport | measured | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for transport in (t.label for t in transports):
+        if 1 in concurrency:
+            on = median(values(transport, "adaptive", 1, "p50_us"))
+            off = median(values(transport, "nobatch", 1, "p50_us"))
+            fixed = median(values(transport, "fixed", 1, "p50_us"))
+            gap = None if on is None or off is None else on - off
+            lines.append(
+                f"| 1 | c1 p50 batching on - off <= {TARGET_C1_US:.0f} us | {transport} | "
+                f"{fmt(on)} - {fmt(off)} = {fmt(gap)} us (fixed window: {fmt(fixed)} us) | "
+                f"{verdict(None if gap is None else gap <= TARGET_C1_US)} |"
+            )
+        for level in (c for c in concurrency if c >= 8):
+            t_ratio = ratio(median(values(transport, "adaptive", level, "throughput")),
+                            median(values(transport, "fixed", level, "throughput")))
+            b_ratio = ratio(median(values(transport, "adaptive", level, "avg_batch")),
+                            median(values(transport, "fixed", level, "avg_batch")))
+            lines.append(
+                f"| 2 | c{level} throughput adaptive / fixed >= {TARGET_THROUGHPUT:.2f} | {transport} | "
+                f"{fmt(t_ratio, 2)} | {verdict(None if t_ratio is None else t_ratio >= TARGET_THROUGHPUT)} |"
+            )
+            lines.append(
+                f"| 3 | c{level} average batch adaptive / fixed >= {TARGET_BATCH:.2f} | {transport} | "
+                f"{fmt(b_ratio, 2)} | {verdict(None if b_ratio is None else b_ratio >= TARGET_BATCH)} |"
+            )
+    lines += [
+        "",
+        "| transport | concurrency | window | infer/s | p50 us | p99 us | average batch | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for transport in (t.label for t in transports):
+        for level in concurrency:
+            for variant in VARIANTS:
+                notes = "; ".join(p.note for p in points.get((transport, variant, level), []) if p.note)
+                lines.append(
+                    f"| {transport} | {level} | {variant} | {spread(values(transport, variant, level, 'throughput'))} | "
+                    f"{spread(values(transport, variant, level, 'p50_us'))} | "
+                    f"{spread(values(transport, variant, level, 'p99_us'))} | "
+                    f"{fmt(median(values(transport, variant, level, 'avg_batch')), 1)} | {notes} |"
+                )
+    section = "\n".join(lines)
+    write_section(args.out, section, BEGIN, END, HEADING)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
