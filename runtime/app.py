@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Coroutine, NoReturn, Protocol
 
 from runtime import __version__, codec
 from runtime.config import Settings, worker_count
+from runtime.cache import ResponseCache
 from runtime.engine import Engine, EngineApi
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
@@ -126,7 +127,12 @@ async def start_core(settings: Settings) -> Core:
     await load_models(registry, settings)
     from runtime.shm import RegionTable
 
-    engine = Engine(registry, observer=reporting, shared_memory=RegionTable(allowed=settings.allow_client_shm))
+    engine = Engine(
+        registry,
+        observer=reporting,
+        shared_memory=RegionTable(allowed=settings.allow_client_shm),
+        response_cache=ResponseCache.configured(settings.cache_config),
+    )
     return Core(registry, engine, Admin(registry, settings), observer, tracing)
 
 

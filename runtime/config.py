@@ -21,6 +21,7 @@ ENV_PREFIX = "MODEL_RUNTIME_"
 MAX_BATCH_SIZE = 1 << 20
 MAX_QUEUE_SIZE = 1 << 20
 MAX_GPU_ID = 63
+MAX_CACHE_BYTES = 1 << 40  # --cache-config local,size=BYTES
 MAX_WORKERS = 64
 # --workers auto (0) runs at most this many processes in all: beyond it the one engine process,
 # not the front ends, is what limits throughput.
@@ -127,6 +128,11 @@ class Settings:
         "Queue bound (requests) for models whose config sets no max_queue_size: overload is "
         "rejected at once with 503 / UNAVAILABLE instead of growing memory.",
         default=1024,
+    )
+    cache_config: str | None = _doc(
+        "Triton's --cache-config: local,size=BYTES gives the response cache that budget (LRU) for the "
+        "models whose config says response_cache { enable: true }; unset: no cache. size 1 to 2^40.",
+        default=None,
     )
     model_control_mode: ModelControlMode = _doc(
         "none: load every model at start; explicit: load --load-model models, then the admin API; "
@@ -310,6 +316,7 @@ def setting_ranges() -> dict[str, Range]:
 
 def check_ranges(settings: Settings) -> None:
     """ValueError naming the setting, its value and its range for the first number out of range."""
+    cache_size_bytes(settings.cache_config)
     for name, allowed in setting_ranges().items():
         value = getattr(settings, name)
         if value is None:
@@ -330,6 +337,24 @@ def check_ranges(settings: Settings) -> None:
         if bounds and bound <= bounds[-1]:
             raise ValueError(f"metrics_latency_buckets: {text!r} is not above the bound before it; bounds must increase")
         bounds.append(bound)
+
+
+def cache_size_bytes(text: str | None) -> int:
+    """The byte budget of Triton's `--cache-config local,size=BYTES` (None: 0, no cache); ValueError
+    naming the setting for anything else (`local` is the one cache this server has)."""
+    if text is None:
+        return 0
+    name, _, rest = text.strip().partition(",")
+    options = dict(part.strip().partition("=")[::2] for part in rest.split(",") if part.strip())
+    if name.strip().lower() != "local" or set(options) != {"size"}:
+        raise ValueError(f"cache_config: {text!r} is not local,size=BYTES (the one cache this server has)")
+    try:
+        size = int(options["size"])
+    except ValueError:
+        raise ValueError(f"cache_config: size {options['size']!r} is not an integer number of bytes") from None
+    if not 1 <= size <= MAX_CACHE_BYTES:
+        raise ValueError(f"cache_config: size {size} is out of range; it must be between 1 and {MAX_CACHE_BYTES}")
+    return size
 
 
 def setting_fields() -> list[dataclasses.Field[Any]]:

@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from runtime import SERVER_NAME, __version__, statistics
+from runtime import SERVER_NAME, __version__, cache, statistics
 from runtime.errors import InvalidInput
+from runtime.cache import ResponseCache
 from runtime.model import ModelState, ServedModel
 from runtime.monitoring.observer import SUCCESS, NullObserver, Observer, outcome_of
 from runtime.processing import classify_outputs
@@ -19,7 +20,7 @@ from runtime.repository.model_config import ModelConfig, config_message, public_
 from runtime.repository.registry import ModelRegistry, VersionRecord
 from runtime.shm import CudaRegionStatus, Lease, RegionTable, SystemRegionStatus
 from runtime.statistics import ModelStatistics
-from runtime.types import InferRequest, InferResponse, TensorSpec
+from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec
 
 # Protocol extensions we implement (GET /v2 and ServerMetadata list them; clients probe them).
 EXTENSIONS = [
@@ -61,12 +62,17 @@ class EngineApi(Protocol):
 
 class Engine:
     def __init__(
-        self, registry: ModelRegistry, observer: Observer | None = None, shared_memory: RegionTable | None = None
+        self,
+        registry: ModelRegistry,
+        observer: Observer | None = None,
+        shared_memory: RegionTable | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         self.registry = registry
         self.observer: Observer = observer or NullObserver()
         # Triton's shared-memory extensions: regions are mapped here, by the process that reads them.
         self.shared_memory = shared_memory or RegionTable(allowed=False)
+        self.cache = response_cache  # Triton's response cache (--cache-config), for versions that enable it
         self._accepting = True
 
     # ---- health -----------------------------------------------------------------------------
@@ -166,6 +172,10 @@ class Engine:
     async def _infer(self, served: ServedModel, request: InferRequest, lease: Lease | None = None) -> InferResponse:
         validated = served.schema.validate(request.inputs if lease is None else lease.read_inputs(request.inputs))
         selection = served.schema.select_outputs(request.requested_outputs)
+        key, cached = cache.lookup(self.cache, served, request, validated.inputs)
+        if cached is not None:  # answered without queueing or executing
+            _scheduling(request, served)  # what a miss would refuse, a hit refuses too
+            return _response(served, request, selection.wanted, cached, lease)
         if served.processing is not None:
             # Decoding and resizing images takes milliseconds; the kernels release the GIL.
             validated = await asyncio.to_thread(served.prepare, validated)
@@ -186,15 +196,26 @@ class Engine:
             outputs = classify_outputs(served, selection.classified, outputs)
         if selection.wanted is not None:
             outputs = {name: outputs[name] for name in selection.wanted}
-        if lease is not None:
-            outputs = lease.write_outputs(outputs)
-        return InferResponse(
-            model_name=served.name,
-            model_version=str(served.version),
-            outputs=outputs,
-            id=request.id,
-            requested_outputs=selection.wanted,
-        )
+        cache.store(self.cache, served, key, outputs)
+        return _response(served, request, selection.wanted, outputs, lease)
+
+
+def _response(
+    served: ServedModel,
+    request: InferRequest,
+    wanted: dict[str, RequestedOutput] | None,
+    outputs: dict[str, Array],
+    lease: Lease | None,
+) -> InferResponse:
+    if lease is not None:
+        outputs = lease.write_outputs(outputs)
+    return InferResponse(
+        model_name=served.name,
+        model_version=str(served.version),
+        outputs=outputs,
+        id=request.id,
+        requested_outputs=wanted,
+    )
 
 
 def _scheduling(request: InferRequest, served: ServedModel) -> tuple[int, float | None]:

@@ -55,6 +55,8 @@ class ModelStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)  # lookups answered from the response cache
+    cache_miss: Duration = field(default_factory=Duration)  # lookups that missed, with their insertions
     inference_count: int = 0  # rows
     execution_count: int = 0  # batches
     last_inference_ms: int = 0

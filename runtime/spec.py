@@ -57,6 +57,7 @@ class VersionSpec:
     outputs: tuple[TensorConfig, ...]
     dynamic_batching: BatchingConfig | None
     parameters: dict[str, str]  # string_value of each config parameter
+    response_cache: bool = False  # Triton's response_cache { enable: true } (runtime/cache.py)
     message: bytes = field(repr=False, default=b"")
 
 

@@ -19,9 +19,6 @@ class Duration:
     ns: int = 0
 
 
-NO_TIME = Duration()  # cache hits and misses: this server has no response cache
-
-
 @dataclass(frozen=True, slots=True)
 class BatchStatistics:
     batch_size: int
@@ -46,6 +43,8 @@ class ModelStatistics:
     compute_infer: Duration
     compute_output: Duration
     batch_stats: list[BatchStatistics]  # by batch size
+    cache_hit: Duration = Duration()  # Triton's: lookups that hit (count, lookup time)
+    cache_miss: Duration = Duration()  # lookups that missed (count, lookup and insertion time)
 
 
 def select(registry: ModelRegistry, name: str = "", version: str = "") -> list[ServedModel]:
@@ -91,6 +90,8 @@ def snapshot(served: ServedModel) -> ModelStatistics:
         compute_input=copy(stats.compute_input),
         compute_infer=copy(stats.compute_infer),
         compute_output=copy(stats.compute_output),
+        cache_hit=copy(stats.cache_hit),
+        cache_miss=copy(stats.cache_miss),
         batch_stats=[
             BatchStatistics(size, copy(per_size[0]), copy(per_size[1]), copy(per_size[2]))
             for size, per_size in sorted(stats.batch_stats.items())

@@ -68,6 +68,14 @@ EXPORTED: dict[str, MetricInfo] = {
         MetricInfo(f"{PREFIX}_batch_size", "histogram", "Rows per executed batch", _MV),
         MetricInfo(f"{PREFIX}_inference_rows", "counter", "Rows (batch items) inferred", _MV),
         MetricInfo(f"{PREFIX}_executions", "counter", "Model executions (batches)", _MV),
+        MetricInfo(f"{PREFIX}_cache_hits", "counter", "Requests answered from the response cache", _MV),
+        MetricInfo(f"{PREFIX}_cache_misses", "counter", "Response-cache lookups that found no answer", _MV),
+        MetricInfo(
+            f"{PREFIX}_cache_duration_seconds",
+            "counter",
+            "Time in the response cache: key and lookup (result hit); key, lookup and insertion (result miss)",
+            (*_MV, "result"),
+        ),
         MetricInfo(f"{PREFIX}_queue_depth", "gauge", "Requests waiting in the queue", _MV),
         MetricInfo(
             f"{PREFIX}_inflight_requests",

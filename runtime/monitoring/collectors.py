@@ -40,9 +40,28 @@ class _Queue(Protocol):
     def stats(self) -> _QueueStats: ...
 
 
+class _Counted(Protocol):
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def ns(self) -> int: ...
+
+
+class _ModelStats(Protocol):
+    @property
+    def cache_hit(self) -> _Counted: ...
+
+    @property
+    def cache_miss(self) -> _Counted: ...
+
+
 class _Served(Protocol):
     @property
     def queue(self) -> _Queue: ...
+
+    @property
+    def stats(self) -> _ModelStats: ...
 
 
 class VersionView(Protocol):
@@ -119,6 +138,12 @@ class RuntimeCollector(Collector):
                 f[f"{PREFIX}_model_load_duration_seconds"].add_metric(key, record.load_seconds)
             if record.served is not None:
                 f[f"{PREFIX}_queue_depth"].add_metric(key, record.served.queue.stats.queued)
+                hit, miss = record.served.stats.cache_hit, record.served.stats.cache_miss
+                if hit.count or miss.count:  # a version that uses the response cache
+                    f[f"{PREFIX}_cache_hits"].add_metric(key, hit.count)
+                    f[f"{PREFIX}_cache_misses"].add_metric(key, miss.count)
+                    f[f"{PREFIX}_cache_duration_seconds"].add_metric([*key, "hit"], hit.ns / 1e9)
+                    f[f"{PREFIX}_cache_duration_seconds"].add_metric([*key, "miss"], miss.ns / 1e9)
         for entry in self._models.entries():
             serving = sorted(v for v, r in entry.serving.items() if r.served is not None)
             if not serving:

@@ -89,6 +89,7 @@ def version_spec(config: mc.ModelConfig) -> VersionSpec:
         outputs=tuple(_tensor_config(t) for t in config.output),
         dynamic_batching=batching,
         parameters={key: value.string_value for key, value in config.parameters.items()},
+        response_cache=config.response_cache.enable,
         message=config.SerializeToString(deterministic=True),
     )
 

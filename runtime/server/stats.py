@@ -24,7 +24,7 @@ from runtime.server.grpc.converters import parse
 from runtime.server.grpc.service import answers_errors as grpc_answers_errors
 from runtime.server.grpc.service import generic_handler, unary_handlers
 from runtime.server.http.responses import answers_errors, json_response
-from runtime.statistics import NO_TIME, Duration, ModelStatistics
+from runtime.statistics import Duration, ModelStatistics
 
 # ---- JSON ---------------------------------------------------------------------------------------
 
@@ -47,8 +47,8 @@ def model_stats_json(stats: ModelStatistics) -> dict[str, Any]:
             "compute_input": _duration(stats.compute_input),
             "compute_infer": _duration(stats.compute_infer),
             "compute_output": _duration(stats.compute_output),
-            "cache_hit": _duration(NO_TIME),
-            "cache_miss": _duration(NO_TIME),
+            "cache_hit": _duration(stats.cache_hit),
+            "cache_miss": _duration(stats.cache_miss),
         },
         "batch_stats": [
             {
@@ -98,8 +98,8 @@ def model_stats_pb(stats: ModelStatistics) -> pb.ModelStatistics:
             compute_input=_duration_pb(stats.compute_input),
             compute_infer=_duration_pb(stats.compute_infer),
             compute_output=_duration_pb(stats.compute_output),
-            cache_hit=_duration_pb(NO_TIME),
-            cache_miss=_duration_pb(NO_TIME),
+            cache_hit=_duration_pb(stats.cache_hit),
+            cache_miss=_duration_pb(stats.cache_miss),
         ),
         batch_stats=[
             pb.InferBatchStatistics(
