@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from runtime import SERVER_NAME, __version__, cache, statistics
+from runtime import SERVER_NAME, __version__, cache, ensemble, statistics
 from runtime.errors import InvalidInput
 from runtime.cache import ResponseCache
 from runtime.model import ModelState, ServedModel
@@ -96,7 +96,13 @@ class Engine:
             if strict:
                 raise
             return False
-        return record.state is ModelState.READY
+        if record.state is not ModelState.READY:
+            return False
+        if record.served is not None and record.served.config.ensemble_steps:  # ready while every step's model is
+            steps = record.served.config.ensemble_steps
+            return all([await self.model_ready(s.model_name, str(s.model_version) if s.model_version > 0 else "") for s in steps])
+        return True
+
 
     # ---- metadata ---------------------------------------------------------------------------
 
@@ -186,7 +192,11 @@ class Engine:
         priority, timeout_s = _scheduling(request, served)
         started = time.perf_counter_ns()
         try:
-            outputs = await served.infer(validated, priority, timeout_s)
+            if isinstance(served.backend, ensemble.EnsembleBackend):  # each step through this infer, for its model
+                outputs = await ensemble.run(served.backend.graph, request, validated.inputs, self.infer)
+                ensemble.count_request(served.stats, validated.rows, time.perf_counter_ns() - started)
+            else:
+                outputs = await served.infer(validated, priority, timeout_s)
         except BaseException:
             served.stats.fail.add(time.perf_counter_ns() - started)
             raise

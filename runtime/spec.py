@@ -46,6 +46,18 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EnsembleStep:
+    """One step of Triton's ensemble_scheduling: which model runs, and which ensemble tensors it reads
+    and writes. `input_map`: composing model input -> ensemble tensor; `output_map`: composing model
+    output -> ensemble tensor (Triton's direction for both)."""
+
+    model_name: str
+    model_version: int  # -1: the version the model routes to
+    input_map: dict[str, str]
+    output_map: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class VersionSpec:
     """A version's completed config as plain values: what the core reads. `message` is the completed
     ModelConfig serialized, for the model-configuration extension (config_message)."""
@@ -59,6 +71,7 @@ class VersionSpec:
     parameters: dict[str, str]  # string_value of each config parameter
     response_cache: bool = False  # Triton's response_cache { enable: true } (runtime/cache.py)
     message: bytes = field(repr=False, default=b"")
+    ensemble_steps: tuple[EnsembleStep, ...] = ()  # platform "ensemble": the DAG; empty for other models
 
 
 def public_inputs(spec: VersionSpec) -> list[TensorSpec]:

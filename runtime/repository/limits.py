@@ -28,6 +28,7 @@ MAX_WARMUP_COUNT = 1000
 MAX_WARMUP_ELEMENTS = 1 << 27  # per warm-up input, batch included (512 MiB of FP32)
 MAX_VERSIONS = 64  # versions loaded at once by one policy (each holds every instance's session)
 WILDCARD = -1
+MAX_ENSEMBLE_STEPS = 256  # steps of one ensemble: each is a request to its model, per ensemble request
 
 
 def max_instances() -> int:
@@ -84,6 +85,9 @@ def limits() -> dict[str, Limit]:
         Limit("dynamic_batching.priority_queue_policy.key", 1, MAX_PRIORITY_LEVELS, "a level in 1..priority_levels"),
         Limit("queue_policy.default_timeout_microseconds", 0, MAX_TIMEOUT_US, "time in the queue (1 h); 0: none"),
         Limit("queue_policy.max_queue_size", 0, MAX_QUEUE_SIZE, "requests; 0: the server's default"),
+        Limit("ensemble_scheduling.step.count", 1, MAX_ENSEMBLE_STEPS, "steps of one ensemble, each a request to its model"),
+        Limit("ensemble_scheduling.step.model_version", 0, 2**63 - 1,
+              "-1 or 0: the version the model routes to; else that version", wildcard=True),
         Limit("model_warmup.batch_size", 0, MAX_BATCH_SIZE, "rows; at most max_batch_size (1 without batching)"),
         Limit("model_warmup.count", 0, MAX_WARMUP_COUNT, "runs of the sample (0 means 1)"),
         Limit("model_warmup.inputs.dims", 1, MAX_DIM, "a warm-up sample has a concrete shape"),
@@ -146,6 +150,12 @@ class _Checker:
             self.within("optimization.graph.level", "optimization.graph.level", config.optimization.graph.level)
         if config.HasField("dynamic_batching"):
             self.batching(config.dynamic_batching, batch_cap)
+        if config.HasField("ensemble_scheduling"):
+            steps = config.ensemble_scheduling.step
+            self.within("ensemble_scheduling.step.count", "ensemble_scheduling step count", len(steps))
+            for i, step in enumerate(steps):
+                self.within("ensemble_scheduling.step.model_version", f"ensemble_scheduling.step[{i}].model_version",
+                            step.model_version)
         self.warmups(config, batch_cap)
 
     def dims(self, label: str, dims: Iterable[int]) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from runtime.backends.onnx import CUDA, OnnxBackend, SessionSpec, cuda_available, default_intra_op_threads
 from runtime.config import GraphOptimizationLevel, Settings
+from runtime import ensemble
 from runtime.errors import InvalidInput, ModelLoadError, quoted
 from runtime.model import ServedModel
 from runtime.monitoring.observer import Observer
@@ -121,6 +122,8 @@ def load_version(
     settings: Settings,
     observer: Observer,
 ) -> ServedModel:
+    if mcfg.is_ensemble(declared):
+        return _load_ensemble(model_dir, version, declared, settings, observer)
     path = model_file(model_dir, version, declared)
     signature = mcfg.read_graph_signature(path, model_dir.version_path(version), f"model {model_dir.name!r} version {version}")
     config = mcfg.complete_config(
@@ -161,6 +164,26 @@ def load_version(
             backend.close()
         raise
     return served
+
+
+def _load_ensemble(
+    model_dir: ModelDir, version: int, declared: mcfg.ModelConfig, settings: Settings, observer: Observer
+) -> ServedModel:
+    """An ensemble version: its config and its step graph; no model file (the version directory is
+    empty, as in Triton), no session. The registry checks the steps against the models they name."""
+    config = mcfg.complete_ensemble_config(declared, model_dir.name)
+    spec = mcfg.version_spec(config)
+    graph = ensemble.build(spec, f"model {model_dir.name!r} version {version}")
+    labels = config_labels(model_dir.path, spec, model_dir.version_path(version))
+    return ServedModel(
+        spec,
+        version,
+        ensemble.EnsembleBackend(graph),
+        settings.default_max_queue_size,
+        model_dir.path,
+        observer=observer,
+        labels=labels,
+    )
 
 
 def session_spec(config: mcfg.ModelConfig, path: Path, settings: Settings) -> SessionSpec:

@@ -22,13 +22,14 @@ from runtime.errors import ModelLoadError, quoted
 from runtime.repository import limits
 from runtime.paths import inside
 from runtime._pb import model_config_pb2 as mc
-from runtime.spec import BatchingConfig, QueuePolicy, TensorConfig, VersionSpec
+from runtime.spec import BatchingConfig, EnsembleStep, QueuePolicy, TensorConfig, VersionSpec
 from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG, TensorSpec
 
 ModelConfig = mc.ModelConfig
 SUPPORTED_PLATFORMS = ("", "onnxruntime_onnx")
 SUPPORTED_BACKENDS = ("", "onnxruntime")
 DEFAULT_MODEL_FILENAME = "model.onnx"
+ENSEMBLE_PLATFORM = "ensemble"  # Triton's: a DAG over other models, its version directories empty
 
 _ONNX_TO_DATATYPE: dict[int, str] = {
     onnx.TensorProto.BOOL: "BOOL",
@@ -91,6 +92,10 @@ def version_spec(config: mc.ModelConfig) -> VersionSpec:
         parameters={key: value.string_value for key, value in config.parameters.items()},
         response_cache=config.response_cache.enable,
         message=config.SerializeToString(deterministic=True),
+        ensemble_steps=tuple(
+            EnsembleStep(step.model_name, int(step.model_version), dict(step.input_map), dict(step.output_map))
+            for step in config.ensemble_scheduling.step
+        ),
     )
 
 
@@ -271,6 +276,44 @@ def complete_config(
     _complete_tensors(done.output, signature.outputs, skip, where, "output", auto_complete)
     _check_groups(done, where)
     limits.check(done, where)  # again: completion filled dims and max_batch_size from the graph
+    return done
+
+
+def is_ensemble(config: mc.ModelConfig) -> bool:
+    return config.platform == ENSEMBLE_PLATFORM or config.HasField("ensemble_scheduling")
+
+
+def complete_ensemble_config(config: mc.ModelConfig, model_name: str) -> mc.ModelConfig:
+    """An ensemble's config as Triton takes it: nothing to auto-complete from (there is no model file),
+    so every input and output is declared with its data_type and dims, and there is at least one step.
+    How the steps fit the models they name is checked when it loads (runtime/ensemble)."""
+    done = mc.ModelConfig()
+    done.CopyFrom(config)
+    where = f"model {model_name!r}"
+    if done.name and done.name != model_name:
+        raise ModelLoadError(f"{where}: config.pbtxt names the model {done.name!r}; it must match its directory")
+    done.name = model_name
+    if done.platform != ENSEMBLE_PLATFORM:
+        raise ModelLoadError(f"{where}: ensemble_scheduling needs platform {ENSEMBLE_PLATFORM!r}, not {done.platform!r}")
+    if done.backend:
+        raise ModelLoadError(f"{where}: an ensemble has no backend; remove backend {done.backend!r}")
+    if not done.ensemble_scheduling.step:
+        raise ModelLoadError(f"{where}: platform 'ensemble' needs ensemble_scheduling with at least one step")
+    for field in ("instance_group", "model_warmup"):
+        if getattr(done, field):
+            raise ModelLoadError(f"{where}: an ensemble runs no instances of its own; remove {field}")
+    if done.HasField("optimization"):
+        raise ModelLoadError(f"{where}: an ensemble runs no session of its own; remove optimization")
+    for index, step in enumerate(done.ensemble_scheduling.step):
+        if step.model_namespace:
+            raise ModelLoadError(f"{where}: step {index}: model_namespace is not supported (one namespace)")
+    if not done.input or not done.output:
+        raise ModelLoadError(f"{where}: an ensemble's config must list every input and output (there is no model file to complete them from)")
+    for kind, tensors in (("input", done.input), ("output", done.output)):
+        for tensor in tensors:
+            if tensor.data_type == mc.TYPE_INVALID:
+                raise ModelLoadError(f"{where}: ensemble {kind} {quoted(tensor.name)} needs a data_type")
+    limits.check(done, where)
     return done
 
 

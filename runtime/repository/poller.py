@@ -57,7 +57,8 @@ class RepositoryPoller:
                 log.info("poll: model %r left the repository; unloading", name)
                 await self._quietly(self.registry.unload(name))
             self._applied.pop(name, None)
-        for name, scan in scans.items():
+        for name in self.registry.load_order(list(scans)):  # ensembles after the models they use
+            scan = scans[name]
             previous = self._previous.get(name)
             stable = _stable_part(scan, previous)
             if stable == self._applied.get(name) or not stable[1]:
@@ -108,8 +109,8 @@ def _scan(model_dir: ModelDir, quiet_s: float = 0.0) -> ModelScan:
     versions = {}
     settled_before_ns = time.time_ns() - int(quiet_s * 1e9)
     for version in model_dir.versions():
-        if not loader.model_path(model_dir, version, declared).is_file():
-            continue
+        if not mcfg.is_ensemble(declared) and not loader.model_path(model_dir, version, declared).is_file():
+            continue  # an ensemble's version directory is empty
         if quiet_s > 0 and _last_change_ns(str(model_dir.version_path(version))) > settled_before_ns:
             continue  # still being written, or just finished: look again next scan
         versions[version] = loader.fingerprint(model_dir, version, declared).files

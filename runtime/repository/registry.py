@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from runtime import ensemble
 from runtime.config import Settings
 from runtime.errors import (
     Code,
@@ -122,8 +123,25 @@ class ModelRegistry:
     # ---- loading and swapping ---------------------------------------------------------------
 
     async def load_all(self) -> None:
-        for name in self._store.model_names():
+        # Ensembles after the models their steps name, so that each step finds its model serving.
+        for name in self.load_order(self._store.model_names()):
             await self.load_model(name)
+
+    def load_order(self, names: list[str]) -> list[str]:
+        """`names` with each ensemble after the models its steps name (the start-up load and the poller)."""
+        return ensemble.load_order(names, {n: needs for n in names if (needs := self._ensemble_needs(n)) is not None})
+
+    def _ensemble_needs(self, name: str) -> set[str] | None:
+        """The models an ensemble's steps name; None for a model that is no ensemble (or has no readable config)."""
+        model_dir = self._store.model(name)
+        try:
+            declared = mcfg.read_config_file(model_dir.path) if model_dir is not None else None
+        except ModelLoadError:
+            return None
+        if declared is None or not mcfg.is_ensemble(declared):
+            return None
+        return {step.model_name for step in declared.ensemble_scheduling.step}
+
 
     async def load_model(self, name: str) -> None:
         """Load at start-up: a failure is recorded for the index, never raised."""
@@ -221,6 +239,8 @@ class ModelRegistry:
                     log.error("model %r version %d failed to load: %s", entry.name, version, exc.message)
                     raise
                 fresh.append(served)
+                if isinstance(served.backend, ensemble.EnsembleBackend):
+                    self._check_ensemble(entry, served, served.backend.graph)
                 records[version] = VersionRecord(
                     entry.name,
                     version,
@@ -240,6 +260,28 @@ class ModelRegistry:
                 await served.close()
             raise
         return records
+
+    def _check_ensemble(self, entry: ModelEntry, served: ServedModel, graph: ensemble.Graph) -> None:
+        """The ensemble's steps against the versions serving now; a misfit fails the version's load."""
+        try:
+            ensemble.check(served.config, graph, self._composing)
+        except ModelLoadError as exc:
+            entry.failed[served.version] = VersionRecord(entry.name, served.version, ModelState.UNAVAILABLE, exc.message)
+            log.error("model %r version %d failed to load: %s", entry.name, served.version, exc.message)
+            raise
+
+    def _composing(self, name: str, version: int) -> ensemble.Composing:
+        """What serves for an ensemble step naming `name` (version <= 0: the latest serving version)."""
+        entry = self._entries.get(name)
+        serving = {v: r.served for v, r in entry.serving.items() if r.served is not None} if entry else {}
+        if not serving:
+            raise ModelNotFound(f"model {quoted(name)} is not loaded")
+        served = serving.get(version) if version > 0 else serving[max(serving)]
+        if served is None:
+            raise ModelNotFound(f"model {quoted(name)} has no version {version} serving (serving: {sorted(serving)})")
+        return ensemble.Composing(
+            served.label, served.max_batch_size, served.inputs, served.outputs, served.optional_inputs, served.config.ensemble_steps
+        )
 
     def _check_budget(self, entry: ModelEntry, model_dir: ModelDir, declared: mcfg.ModelConfig, versions: list[int]) -> None:
         budget = self._settings.model_memory_budget_bytes

@@ -52,6 +52,9 @@ def warmup(**fields: Any) -> dict[str, Any]:
     return {"model_warmup": [{"name": "w", "inputs": {"INPUT0": sample}, **fields}]}
 
 
+ENSEMBLE_STEP = {"model_name": "flex", "input_map": {"INPUT0": "INPUT0"}, "output_map": {"OUTPUT0": "OUTPUT0"}}
+
+
 def thread_parameter(key: str) -> Callable[[int], dict[str, Any]]:
     return lambda v: {"parameters": {key: {"string_value": str(v)}}}
 
@@ -149,6 +152,15 @@ CASES: dict[str, Case] = {
     "model_warmup.inputs.elements": Case(
         lambda v: warmup(batch_size=1, dims=[v]), "model_warmup[0].inputs['INPUT0'] elements",
         (limits.MAX_WARMUP_ELEMENTS + 1,), (1, limits.MAX_WARMUP_ELEMENTS), loads=False,
+    ),
+    # The edges belong to ensembles (flex is none), so they are checked in-process.
+    "ensemble_scheduling.step.count": Case(
+        lambda v: {"ensemble_scheduling": {"step": [ENSEMBLE_STEP] * v}}, "ensemble_scheduling step count",
+        (0, limits.MAX_ENSEMBLE_STEPS + 1), (1, limits.MAX_ENSEMBLE_STEPS), loads=False,
+    ),
+    "ensemble_scheduling.step.model_version": Case(
+        lambda v: {"ensemble_scheduling": {"step": [{**ENSEMBLE_STEP, "model_version": v}]}},
+        "ensemble_scheduling.step[0].model_version", (-2, -5), (-1, 0, 1, 2**63 - 1), loads=False,
     ),
 }
 
