@@ -115,6 +115,7 @@ class ModelRegistry:
         self._settings = settings
         self.observer: Observer = observer or NullObserver()
         self._entries: dict[str, ModelEntry] = {}
+        self._pulling: set[str] = set()  # ensembles loading their composing models (_load_composing)
 
     @property
     def store(self) -> RepositoryStore:
@@ -131,11 +132,28 @@ class ModelRegistry:
         """`names` with each ensemble after the models its steps name (the start-up load and the poller)."""
         return ensemble.load_order(names, {n: needs for n in names if (needs := self._ensemble_needs(n)) is not None})
 
-    def _ensemble_needs(self, name: str) -> set[str] | None:
+    async def _load_composing(self, name: str, override: mcfg.ModelConfig | None) -> None:
+        """As Triton: loading an ensemble first loads the models its steps name that are not serving yet
+        (with --model-control-mode explicit, `--load-model pipeline` alone serves the pipeline). A model
+        that cannot load is logged; the ensemble's own load then fails naming the step."""
+        needs = self._ensemble_needs(name, override)
+        if not needs:
+            return
+        self._pulling.add(name)  # ensembles whose models are loading: a cycle of them stops here
+        try:
+            for model in sorted(needs - self._pulling):
+                entry = self._entries.get(model)
+                if (entry is not None and entry.serving) or self._store.model(model) is None:
+                    continue
+                await self.load_model(model)
+        finally:
+            self._pulling.discard(name)
+
+    def _ensemble_needs(self, name: str, override: mcfg.ModelConfig | None = None) -> set[str] | None:
         """The models an ensemble's steps name; None for a model that is no ensemble (or has no readable config)."""
         model_dir = self._store.model(name)
         try:
-            declared = mcfg.read_config_file(model_dir.path) if model_dir is not None else None
+            declared = override or (mcfg.read_config_file(model_dir.path) if model_dir is not None else None)
         except ModelLoadError:
             return None
         if declared is None or not mcfg.is_ensemble(declared):
@@ -168,6 +186,7 @@ class ModelRegistry:
         Raises ModelLoadError (and changes nothing that serves) if any selected version fails.
         """
         check_model_name(name)
+        await self._load_composing(name, override)
         entry = self._entry(name)
         async with entry.lock:
             # Uploaded files are loaded from a staging directory and enter the repository (as new

@@ -1,17 +1,19 @@
 """Ensembles in the repository's life cycle: in poll mode, a new ensemble and the model it uses are
-loaded in one poll (the ensemble after its model), and a changed ensemble config is reloaded; its
-version directory stays empty."""
+loaded in one poll (the ensemble after its model), and a changed ensemble config is reloaded (its
+version directory stays empty); loading an ensemble loads the models it uses, as Triton does."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from runtime.errors import ModelLoadError
 from runtime.examples import save_model
 from runtime.repository.poller import RepositoryPoller
 from runtime.types import InferRequest
 from tests.engine import OpenEngine
-from tests.ensemble.models import MIXED_CONFIG, build_double, save_ensemble
+from tests.ensemble.models import MIXED_CONFIG, build_double, cls, pre, save_ensemble, write_repository
 
 
 async def test_the_poller_loads_a_new_ensemble_after_its_model_and_reloads_it(open_engine: OpenEngine, tmp_path: Path) -> None:
@@ -37,3 +39,24 @@ async def test_the_poller_loads_a_new_ensemble_after_its_model_and_reloads_it(op
     response = await core.engine.infer(InferRequest("a_twice", "", {"RAW": raw}))
     assert list(response.outputs) == ["DOUBLED"]
     assert list((repo / "a_twice" / "1").iterdir()) == []
+
+
+async def test_loading_an_ensemble_loads_the_models_it_uses(open_engine: OpenEngine, tmp_path: Path) -> None:
+    # Explicit mode: only the ensemble is named (--load-model pipeline); Triton loads its models too.
+    core = await open_engine(write_repository(tmp_path), load=False)
+    await core.registry.load("pipeline")
+    assert await core.engine.model_ready("pipeline")
+    assert sorted(r.name for r in core.registry.records()) == ["cls", "pipeline", "pre"]
+    raw = np.ones((2, 4), np.float32)
+    outputs = (await core.engine.infer(InferRequest("pipeline", "", {"RAW": raw}))).outputs
+    np.testing.assert_allclose(outputs["SCORES"], cls(pre(raw)), rtol=1e-5)
+
+
+async def test_ensembles_that_use_each_other_fail_to_load_without_hanging(open_engine: OpenEngine, tmp_path: Path) -> None:
+    core = await open_engine(write_repository(tmp_path), load=False)
+    for name, other in (("ring_a", "ring_b"), ("ring_b", "ring_a")):
+        save_ensemble(tmp_path, name, MIXED_CONFIG.replace('"mixed"', f'"{name}"').replace('"double"', f'"{other}"').replace('"X"', '"RAW"').replace('"Y"', '"D"'))
+    with pytest.raises(ModelLoadError) as caught:
+        await core.registry.load("ring_a")
+    assert "step 0 (model 'ring_b')" in caught.value.message
+    assert not await core.engine.model_ready("ring_b")
