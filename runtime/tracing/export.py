@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from runtime import __version__
@@ -38,7 +39,9 @@ def tracer_provider(exporter: SpanExporter, batch: bool = True) -> TracerProvide
     attributes: dict[str, Any] = {SERVICE_VERSION: __version__}
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attributes[SERVICE_NAME] = "model-runtime"
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # Which requests are traced is decided before a span is made (TraceControl): the SDK's sampler
+    # would only repeat it, at a cost per span.
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=ALWAYS_ON)
     if batch:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     else:

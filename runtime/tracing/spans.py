@@ -141,7 +141,7 @@ class TracingObserver:
             parent = trace.set_span_in_context(span)
             wait = self.tracer.start_span("queue", context=parent, start_time=start - int(queued * 1e9))
             wait.end(end_time=start)
-            compute = self.tracer.start_span("compute", context=parent, start_time=start, links=joined, attributes=attributes)
+            compute = self.tracer.start_span("compute", context=parent, start_time=start, links=joined)
             compute.end(end_time=end)
             span.set_attribute("model_runtime.batch_size", timing.rows)
 

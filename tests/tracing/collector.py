@@ -140,3 +140,18 @@ def http_collector() -> Iterator[Collector]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def main() -> None:
+    """`python -m tests.tracing.collector`: an OTLP/gRPC receiver in a process of its own (bench/bench_tracing.py).
+    Prints its endpoint, serves until standard input closes, then prints the number of spans received."""
+    import sys
+
+    with grpc_collector() as collector:
+        print(collector.endpoint, flush=True)
+        sys.stdin.read()
+        print(len(collector.spans()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
