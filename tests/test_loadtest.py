@@ -19,6 +19,7 @@ from tests.serving import RunningServer, running_server
 
 from runtime.examples import write_example_repository
 from runtime.loadtest import inputs
+from runtime.loadtest.targets import TargetError, grpc_target
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "bench" / "locustfile.py"
@@ -37,10 +38,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 def run_locust(
     user: str, host: str, out: Path, *args: str, seconds: int = 2, users: int = 4
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, str]], list[dict[str, str]]]:
-    """Run locust headless; its exit status, its stats rows by name, and its failure rows."""
-    prefix = out / user
+    """Run locust headless; its exit status, its stats rows by name, and its failure rows.
+    `user` "" runs every user class of the locustfile."""
+    prefix = out / (user or "all")
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), user,
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *([user] if user else []),
         "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--stop-timeout", "5",
         "--host", host, "--only-summary", "--loglevel", "WARNING", "--csv", str(prefix), *args,
     ]  # fmt: skip
@@ -161,3 +163,54 @@ def test_load_samples_from_npz(tmp_path: Path) -> None:
     bad.write_text('{"inputs": [{"name": "X"}]}')
     with pytest.raises(ValueError, match="not a V2 request body"):
         inputs.load_samples(bad)
+
+
+# ---- where the gRPC user connects (runtime.loadtest.targets) ---------------------------------------
+
+
+def test_both_users_with_an_http_host_and_no_grpc_host_are_refused_at_start(server: RunningServer, tmp_path: Path) -> None:
+    prefix = tmp_path / "refused"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "2", "-r", "2", "-t", "2s",
+        "--host", f"http://{server.http_url}", "--only-summary", "--csv", str(prefix),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+    assert completed.returncode != 0
+    assert f"--host http://{server.http_url} is an HTTP URL" in completed.stderr
+    assert "pass --grpc-host HOST:PORT" in completed.stderr
+    stats_path = Path(f"{prefix}_stats.csv")
+    if stats_path.exists():  # locust writes its (empty) statistics as it exits
+        with open(stats_path) as handle:
+            assert all(int(row["Request Count"]) == 0 for row in csv.DictReader(handle))  # refused before any request
+
+
+def test_both_users_run_with_their_own_hosts(server: RunningServer, tmp_path: Path) -> None:
+    completed, stats, failures = run_locust(
+        "", f"http://{server.http_url}", tmp_path, "--grpc-host", server.grpc_url, "--model", "mlp"
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert not failures
+    assert int(stats["ModelInfer mlp"]["Request Count"]) > 0
+    assert int(stats["infer mlp [json]"]["Request Count"]) > 0
+
+
+@pytest.mark.parametrize(
+    "grpc_host, host, target",
+    [
+        ("h:9001", "http://h:9000", "h:9001"),
+        ("grpc://h:9001/", "", "h:9001"),
+        ("", "127.0.0.1:8001", "127.0.0.1:8001"),  # V2GrpcUser alone, --host its target
+        ("", "grpc://127.0.0.1:8001", "127.0.0.1:8001"),
+        ("", "http://10.0.0.5:8000", "10.0.0.5:8001"),  # Triton's convention
+        ("", "https://infer.example:8000/", "infer.example:8001"),
+        ("", "http://[::1]:8000", "[::1]:8001"),
+    ],
+)
+def test_grpc_target(grpc_host: str, host: str, target: str) -> None:
+    assert grpc_target(grpc_host, host) == target
+
+
+@pytest.mark.parametrize("host", ["http://127.0.0.1:9000", "http://localhost", "https://infer.example", ""])
+def test_no_grpc_target_to_derive_names_the_flag(host: str) -> None:
+    with pytest.raises(TargetError, match="--grpc-host HOST:PORT"):
+        grpc_target("", host)

@@ -8,14 +8,17 @@ a locust process (a locustfile), never in a server or a test runner. `bench/locu
 
 Options (flags, or LOCUST_<NAME> environment variables): --model, --model-version, --batch-size,
 --variable-dim, --inputs-file, --tensor-format json|binary|both (HTTP), --grpc-host (the gRPC user's
-target when both users run at once), --user-rate (requests per second per user; 0 = back to back).
+target when both users run at once: from an http:// --host only Triton's 8000 -> 8001 is derived,
+any other HTTP URL is refused at start), --user-rate (requests per second per user; 0 = back to back).
 Without --inputs-file each user asks the server for the model's metadata once and makes its inputs
 from it (see runtime.loadtest.inputs).
 """
 from __future__ import annotations
 
 import itertools
+import logging
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +32,7 @@ import grpc  # isort: skip  (after locust: gevent must patch the standard librar
 import grpc.experimental.gevent as grpc_gevent  # isort: skip
 
 from runtime.loadtest import inputs
+from runtime.loadtest.targets import TargetError, grpc_target
 
 # Make grpcio's I/O cooperate with gevent, as locust documents for gRPC users: after the standard
 # library is patched (importing locust did that), before any channel exists.
@@ -61,7 +65,11 @@ def _add_options(parser: Any) -> None:
         help="HTTP: JSON tensors, the binary tensor extension, or alternate between them",
     )
     parser.add_argument(
-        "--grpc-host", default="", env_var="LOCUST_GRPC_HOST", help="gRPC target host:port (default: --host)"
+        "--grpc-host",
+        default="",
+        env_var="LOCUST_GRPC_HOST",
+        help="gRPC target host:port (default: --host when it is host:port; from an http:// --host only "
+        "Triton's ports are derived, 8000 -> 8001)",
     )
     parser.add_argument(
         "--user-rate",
@@ -73,6 +81,21 @@ def _add_options(parser: Any) -> None:
     parser.add_argument(
         "--request-timeout", type=float, default=60.0, env_var="LOCUST_REQUEST_TIMEOUT", help="seconds (gRPC deadline)"
     )
+
+
+@events.init.add_listener  # type: ignore[untyped-decorator]
+def _check_grpc_target(environment: Any, **kwargs: Any) -> None:
+    """Refuse at start, with what to pass, a run whose gRPC user has no gRPC target (runtime.loadtest.targets)."""
+    options = environment.parsed_options
+    if options is None or V2GrpcUser not in (environment.user_classes or []):
+        return
+    try:
+        target = grpc_target(options.grpc_host, environment.host or "")
+    except TargetError as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        sys.exit(2)
+    if not options.grpc_host and target != re.sub(r"^[a-z]+://", "", environment.host or "").rstrip("/"):
+        logging.getLogger(__name__).info("V2GrpcUser: no --grpc-host; using %s (Triton's gRPC port beside HTTP 8000)", target)
 
 
 def _model_path(options: Any) -> str:
@@ -186,10 +209,10 @@ class V2GrpcUser(User):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        target = options.grpc_host or self.host or ""
-        target = re.sub(r"^[a-z]+://", "", target).rstrip("/")
-        if not target:
-            raise StopUser()
+        try:
+            target = grpc_target(options.grpc_host, self.host or "")
+        except TargetError:  # refused at start already (_check_grpc_target); a user made by hand stops
+            raise StopUser() from None
         self.timeout_s: float = options.request_timeout
         self.channel = grpc.insecure_channel(
             target, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
