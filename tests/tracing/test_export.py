@@ -17,14 +17,16 @@ from tests.serving import RunningServer, running_server
 from tests.tracing.collector import EXPORT_ENV, Collector, Span, grpc_collector, http_collector
 
 
-@pytest.fixture(scope="module", params=["grpc", "http"])
+@pytest.fixture(scope="module", params=[("grpc", 1), ("http", 1), ("grpc", 3)], ids=["grpc", "http", "grpc-workers3"])
 def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Collector]]:
-    protocol = request.param
+    """A server exporting over `protocol`; with --workers 3 the spans are the engine process's and the
+    caller's traceparent crosses from the front end that read it."""
+    protocol, workers = request.param
     root = tmp_path_factory.mktemp(f"otlp-{protocol}")
     save_model(build_identity("FP32"), root / "models", "ident")
     with (grpc_collector() if protocol == "grpc" else http_collector()) as collector:
         args = ["--trace-otlp-endpoint", collector.endpoint, "--trace-otlp-protocol", protocol, "--trace-rate", "1"]
-        with running_server(root / "models", root / "server", args, env=EXPORT_ENV) as server:
+        with running_server(root / "models", root / "server", args, env=EXPORT_ENV, workers=workers) as server:
             yield server, collector
 
 
