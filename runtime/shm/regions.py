@@ -53,7 +53,7 @@ class CudaRegionStatus:
 class SystemRegion:
     """One registered window [offset, offset + byte_size) of a shared-memory object, mapped read-write."""
 
-    __slots__ = ("name", "key", "offset", "byte_size", "data", "users", "_map", "_idle")
+    __slots__ = ("name", "key", "offset", "byte_size", "data", "users", "_fd", "_map", "_idle")
 
     def __init__(self, name: str, key: str, offset: int, byte_size: int) -> None:
         self.name = name
@@ -82,9 +82,23 @@ class SystemRegion:
             # mmap's offset must be a multiple of the page size: map from the page the window starts in.
             start = offset - offset % mmap.ALLOCATIONGRANULARITY
             self._map = mmap.mmap(fd, byte_size + offset - start, mmap.MAP_SHARED, offset=start)
-        finally:
-            os.close(fd)  # the mapping keeps the object alive
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd  # kept for check_size
         self.data: Array = np.frombuffer(self._map, np.uint8, byte_size, offset - start)
+
+    def check_size(self, tensor: str) -> None:
+        """The object still holds the registered window. A client that truncates its object after
+        registering would otherwise kill the server with SIGBUS at the first read past the new end;
+        checked once per request (one fstat), so only a shrink during the request itself goes unseen."""
+        size = os.fstat(self._fd).st_size
+        if size < self.offset + self.byte_size:
+            raise InvalidInput(
+                f"{tensor}: shared-memory object {quoted(self.key)} of region {quoted(self.name)} has shrunk to {size} "
+                f"bytes since it was registered (offset {self.offset} + byte_size {self.byte_size} = "
+                f"{self.offset + self.byte_size}); unregister the region and register it again"
+            )
 
     def window(self, memory: SharedMemoryRef, tensor: str) -> Array:
         """The bytes a tensor's reference names, checked to lie inside the region."""
@@ -106,6 +120,7 @@ class SystemRegion:
             self._idle = asyncio.Event()
             await self._idle.wait()
         del self.data
+        os.close(self._fd)
         try:
             self._map.close()
         except BufferError:
@@ -243,6 +258,8 @@ class RegionTable:
                 Code.FAILED_PRECONDITION,
             )
         region.window(memory, tensor)  # bounds, before anything runs
+        if region not in lease.held:  # one fstat per region and request
+            region.check_size(tensor)
         region.users += 1
         lease.held.append(region)
         return region

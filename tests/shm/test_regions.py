@@ -214,3 +214,23 @@ async def test_requests_from_different_regions_share_one_batch(repo: Path, open_
     for (_, handle_out), want in zip(cases, expected):
         np.testing.assert_allclose(shm.get_contents_as_numpy(handle_out, np.float32, [1, 4]), want, rtol=1e-6)
     await asyncio.wait_for(engine.system_shm_unregister(), 10)
+
+
+async def test_an_object_truncated_after_registering_is_refused_not_read(segments: Segments) -> None:
+    """Reading past the end of a truncated object would kill the server with SIGBUS (on the old code this test's
+    process dies); the lease checks the object's size first."""
+    key, handle = segments.make(8192)
+    table = RegionTable(allowed=True)
+    await table.register_system("in", key, 4096, 128)
+    fd = os.open(f"/dev/shm/{key[1:]}", os.O_RDWR)
+    try:
+        os.ftruncate(fd, 100)
+    finally:
+        os.close(fd)
+    with pytest.raises(InvalidInput) as caught:
+        lease = table.lease(simple_request("in"))
+        assert lease is not None
+        lease.read_inputs({})["INPUT0"].sum()  # touches the memory
+    message = caught.value.message
+    assert key in message and "shrunk to 100 bytes" in message and "offset 4096 + byte_size 128 = 4224" in message
+    await asyncio.wait_for(table.unregister_system(), 10)
