@@ -19,7 +19,7 @@ from runtime.cache import ResponseCache
 from runtime.engine import Engine, EngineApi
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
-from runtime.tracing import TraceControl, Tracing, start_tracing
+from runtime.tracing import TraceControl, Tracing, control_for, start_tracing
 
 
 
@@ -152,6 +152,12 @@ def metrics_endpoint(settings: Settings, core: Core) -> AsgiServer | None:
     )
 
 
+FRONT_END_TRACES = (
+    "with --workers N the spans are made in the engine process, and trace settings cannot be changed "
+    "through a front end yet; restart with --trace-level / --trace-rate"
+)
+
+
 def protocol_servers(
     settings: Settings,
     engine: EngineApi,
@@ -172,8 +178,9 @@ def protocol_servers(
     engine = shm.guarded(engine)  # a remote engine that does not forward shared memory refuses it
     # With --admin-port the admin API lives only there (HTTP), never on the public ports.
     public_admin = settings.admin_port is None
-    # Trace and logging settings are this process's (a front end's own, without the engine's spans).
-    traces = trace_control if trace_control is not None else TraceControl(exporting=False)
+    # Trace settings are the engine's; a front end (no trace_control) reports the start-up ones and
+    # refuses changes, which would not reach the engine process. Logging settings are this process's.
+    traces = trace_control if trace_control is not None else control_for(settings, frozen=FRONT_END_TRACES)
     logs = LogControl(settings.log_format, JsonFormatter)
     http_extensions = [
         *trace.http_routes(engine, traces, settings),

@@ -20,7 +20,7 @@ from runtime.tracing.control import TraceControl
 if TYPE_CHECKING:
     from runtime.monitoring.observer import Observer
 
-__all__ = ["TraceControl", "Tracing", "start_tracing"]
+__all__ = ["TraceControl", "Tracing", "control_for", "start_tracing"]
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,19 @@ class Tracing:
             log.warning("tracing: spans not exported within the grace period were dropped")
 
 
+def control_for(settings: Any, exporting: bool | None = None, frozen: str = "") -> TraceControl:
+    """The trace settings the start-up flags give (exporting: whether an exporter is configured)."""
+    if exporting is None:
+        exporting = getattr(settings, "trace_otlp_endpoint", None) is not None
+    level = "TIMESTAMPS" if getattr(settings, "trace_level", "timestamps") == "timestamps" else "OFF"
+    return TraceControl(level, int(getattr(settings, "trace_rate", 1000)), exporting=exporting, frozen=frozen)
+
+
 def start_tracing(settings: Any, inner: Observer | None, exporter: Any = None) -> Tracing:
     """Tracing as the settings ask: off without --trace-otlp-endpoint (and no `exporter` given for tests)."""
     endpoint = getattr(settings, "trace_otlp_endpoint", None)
-    level = "TIMESTAMPS" if getattr(settings, "trace_level", "timestamps") == "timestamps" else "OFF"
-    rate = int(getattr(settings, "trace_rate", 1000))
     if endpoint is None and exporter is None:
-        return Tracing(TraceControl("OFF", rate, exporting=False))
+        return Tracing(control_for(settings, exporting=False))
     try:
         from runtime.tracing.export import otlp_exporter, tracer_provider
         from runtime.tracing.spans import TracingObserver
@@ -70,7 +76,7 @@ def start_tracing(settings: Any, inner: Observer | None, exporter: Any = None) -
             f"--trace-otlp-endpoint needs OpenTelemetry ({exc.name} is missing): pip install 'model-runtime[tracing]'"
         ) from None
 
-    control = TraceControl(level, rate, exporting=True)
+    control = control_for(settings, exporting=True)
     if exporter is None:
         exporter = otlp_exporter(str(endpoint), settings.trace_otlp_protocol)
         provider = tracer_provider(exporter, batch=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from runtime.examples import save_model
 from tests.models import build_identity
@@ -18,7 +19,7 @@ from tests.tracing.collector import EXPORT_ENV, Collector, Span, grpc_collector,
 
 
 @pytest.fixture(scope="module", params=[("grpc", 1), ("http", 1), ("grpc", 3)], ids=["grpc", "http", "grpc-workers3"])
-def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Collector]]:
+def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Collector, int]]:
     """A server exporting over `protocol`; with --workers 3 the spans are the engine process's and the
     caller's traceparent crosses from the front end that read it."""
     protocol, workers = request.param
@@ -27,7 +28,7 @@ def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     with (grpc_collector() if protocol == "grpc" else http_collector()) as collector:
         args = ["--trace-otlp-endpoint", collector.endpoint, "--trace-otlp-protocol", protocol, "--trace-rate", "1"]
         with running_server(root / "models", root / "server", args, env=EXPORT_ENV, workers=workers) as server:
-            yield server, collector
+            yield server, collector, workers
 
 
 def _traceparent() -> tuple[str, str, str]:
@@ -43,8 +44,8 @@ def _in_trace(trace_id: str) -> Callable[[list[Span]], bool]:
     return probe
 
 
-def test_spans_arrive_as_children_of_the_callers_span(traced: tuple[RunningServer, Collector]) -> None:
-    server, collector = traced
+def test_spans_arrive_as_children_of_the_callers_span(traced: tuple[RunningServer, Collector, int]) -> None:
+    server, collector, _ = traced
     data = np.ones((1, 4), np.float32)
     http_header, http_trace, http_parent = _traceparent()
     with httpclient.InferenceServerClient(server.http_url) as client:
@@ -69,3 +70,17 @@ def test_spans_arrive_as_children_of_the_callers_span(traced: tuple[RunningServe
         (compute,) = [s for s in children if s.name == "compute"]
         (batch,) = [s for s in collector.spans() if s.name == "batch" and s.span_id in compute.links]
         assert request.span_id in batch.links
+
+
+def test_trace_settings_are_the_engines(traced: tuple[RunningServer, Collector, int]) -> None:
+    """In one process the extension changes the settings the spans follow; a front end of --workers N
+    reports the start-up settings and refuses changes that could not reach the engine process."""
+    server, _, workers = traced
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        assert client.get_trace_settings()["trace_rate"] == "1"
+        if workers == 1:
+            assert client.update_trace_settings(settings={"trace_rate": "1"})["trace_rate"] == "1"
+            return
+        with pytest.raises(InferenceServerException) as refused:
+            client.update_trace_settings(settings={"trace_rate": "5"})
+    assert refused.value.status() == "409" and "cannot be changed through a front end" in refused.value.message()
