@@ -20,7 +20,7 @@ from runtime.tracing.control import TraceControl
 if TYPE_CHECKING:
     from runtime.monitoring.observer import Observer
 
-__all__ = ["TraceControl", "Tracing", "control_for", "start_tracing"]
+__all__ = ["TraceControl", "Tracing", "child_traceparent", "control_for", "start_tracing"]
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +84,14 @@ def start_tracing(settings: Any, inner: Observer | None, exporter: Any = None) -
         provider = tracer_provider(exporter, batch=False)
     observer = TracingObserver(control, provider.get_tracer("runtime.tracing"), inner)
     return Tracing(control, observer, provider)
+
+
+def child_traceparent(request: Any) -> str:
+    """The W3C traceparent for a request made on behalf of `request` (an ensemble's step): a child of
+    its span when it is traced, else whatever its caller sent. No OpenTelemetry import: the span's
+    context is read through its methods."""
+    span = request.trace
+    if span is None:
+        return str(request.trace_parent)
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"

@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from runtime.errors import ModelNotFound
 from runtime.examples import save_model
 from runtime.monitoring.observer import BatchTiming, MetricsObserver, NullObserver, Observer
-from runtime.tracing import Tracing, start_tracing
+from runtime.tracing import Tracing, child_traceparent, start_tracing
 from runtime.types import InferRequest
 from tests.engine import OpenEngine
 from tests.models import build_identity
@@ -164,3 +164,22 @@ def test_without_an_endpoint_the_data_path_keeps_its_observer() -> None:
     off = start_tracing(SimpleNamespace(trace_otlp_endpoint=None, trace_level="timestamps", trace_rate=1), metrics)
     assert off.wrap(metrics) is metrics and off.provider is None
     assert not off.control.active and not off.control.exporting
+
+
+async def test_a_step_made_for_a_traced_request_is_its_child(
+    repo: Path, open_engine: OpenEngine, exporter: InMemorySpanExporter
+) -> None:
+    """What an ensemble step carries (child_traceparent): the step's span is a child of the request's."""
+    observer = tracing(exporter, rate=1000).observer
+    assert observer is not None
+    engine = (await open_engine(repo, observer=observer, execution_provider="cpu")).engine
+    outer = request("single", f"00-{TRACE_ID}-{PARENT_ID}-01")
+    passed_on = child_traceparent(outer)
+    assert passed_on == outer.trace_parent  # not traced (yet): the caller's own header goes on
+    observer.request_started(outer, engine.registry.get("single"))
+    step = request("single", child_traceparent(outer))
+    await engine.infer(step)
+    observer.request_finished(outer, engine.registry.get("single"), "success", 0.0)
+    roots = {r.context.span_id: r for r in by_name(exporter.get_finished_spans(), "InferRequest")}
+    (inner,) = [r for r in roots.values() if r.parent is not None and r.parent.span_id in roots]
+    assert inner.context.trace_id == int(TRACE_ID, 16)
