@@ -20,6 +20,7 @@ ENV_PREFIX = "MODEL_RUNTIME_"
 # since this module imports nothing from runtime).
 MAX_BATCH_SIZE = 1 << 20
 MAX_QUEUE_SIZE = 1 << 20
+MAX_SEQUENCES = 1 << 20  # live sequences of one version: each holds its state and a table entry
 MAX_GPU_ID = 63
 MAX_CACHE_BYTES = 1 << 40  # --cache-config local,size=BYTES
 MAX_WORKERS = 64
@@ -133,6 +134,11 @@ class Settings:
         "Triton's --cache-config: local,size=BYTES gives the response cache that budget (LRU) for the "
         "models whose config says response_cache { enable: true }; unset: no cache. size 1 to 2^40.",
         default=None,
+    )
+    max_sequences: int = _doc(
+        "Live sequences per version of a sequence-batching model (started, not yet ended or idle-released, "
+        "slot holders and backlog together): a start past it is refused with 503 / RESOURCE_EXHAUSTED.",
+        default=1024,
     )
     model_control_mode: ModelControlMode = _doc(
         "none: load every model at start; explicit: load --load-model models, then the admin API; "
@@ -295,6 +301,7 @@ def setting_ranges() -> dict[str, Range]:
         "inline_execution_us": Range(0, 1_000_000),
         "default_max_batch_size": Range(0, MAX_BATCH_SIZE),
         "default_max_queue_size": Range(1, MAX_QUEUE_SIZE),
+        "max_sequences": Range(1, MAX_SEQUENCES),
         "repository_poll_secs": Range(0, _DAY, low_open=True),
         "repository_poll_quiet_secs": Range(0, _DAY),
         "exit_timeout_secs": Range(0, _HOUR),

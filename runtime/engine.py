@@ -18,6 +18,7 @@ from runtime.monitoring.observer import SUCCESS, NullObserver, Observer, outcome
 from runtime.processing import classify_outputs
 from runtime.repository.model_config import ModelConfig, config_message, public_config_message
 from runtime.repository.registry import ModelRegistry, VersionRecord
+from runtime.sequence import SequenceTag, sequence_tag
 from runtime.shm import CudaRegionStatus, Lease, RegionTable, SystemRegionStatus
 from runtime.statistics import ModelStatistics
 from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec
@@ -162,10 +163,13 @@ class Engine:
         served: ServedModel | None = None
         try:
             served = self.registry.get(request.model_name, request.model_version)
+            sequence = sequence_tag(request.parameters)  # Triton's sequence_id, sequence_start, sequence_end
+            if sequence is not None:
+                served = _sequence_holder(served, sequence, request)
             self.observer.request_started(request, served)
             lease = self.shared_memory.lease(request)  # None unless a tensor is in shared memory
             try:
-                response = await self._infer(served, request, lease)
+                response = await self._infer(served, request, lease, sequence)
             finally:
                 if lease is not None:
                     lease.release()
@@ -175,7 +179,9 @@ class Engine:
         self.observer.request_finished(request, served, SUCCESS, time.perf_counter() - started)
         return response
 
-    async def _infer(self, served: ServedModel, request: InferRequest, lease: Lease | None = None) -> InferResponse:
+    async def _infer(
+        self, served: ServedModel, request: InferRequest, lease: Lease | None = None, sequence: SequenceTag | None = None
+    ) -> InferResponse:
         validated = served.schema.validate(request.inputs if lease is None else lease.read_inputs(request.inputs))
         selection = served.schema.select_outputs(request.requested_outputs)
         key, cached = cache.lookup(self.cache, served, request, validated.inputs)
@@ -196,7 +202,7 @@ class Engine:
                 outputs = await ensemble.run(served.backend.graph, request, validated.inputs, self.infer)
                 ensemble.count_request(served.stats, validated.rows, time.perf_counter_ns() - started)
             else:
-                outputs = await served.infer(validated, priority, timeout_s)
+                outputs = await served.infer(validated, priority, timeout_s, sequence)
         except BaseException:
             served.stats.fail.add(time.perf_counter_ns() - started)
             raise
@@ -226,6 +232,15 @@ def _response(
         id=request.id,
         requested_outputs=wanted,
     )
+
+
+def _sequence_holder(served: ServedModel, sequence: SequenceTag, request: InferRequest) -> ServedModel:
+    """A request continuing a sequence goes to the version that holds it, the one it started on (after a
+    swap, or under a traffic split); a start, or a request naming its version, goes where it was routed."""
+    if sequence.start or served.sequencer is None or request.model_version:
+        return served
+    holder = served.sequencer.directory.holder(sequence.key)
+    return holder if isinstance(holder, ServedModel) else served
 
 
 def _scheduling(request: InferRequest, served: ServedModel) -> tuple[int, float | None]:

@@ -13,12 +13,13 @@ from typing import Any, Coroutine, Sequence
 import numpy as np
 
 from runtime.backends.base import Backend
-from runtime.errors import Code, ExecutionError, ModelLoadError, Unavailable
+from runtime.errors import Code, ExecutionError, InvalidInput, ModelLoadError, Unavailable
 from runtime.batching import collate
 from runtime.batching.ragged import cut, pad_stack, ragged_plan
 from runtime.batching.ragged import group_key as ragged_group_key
 from runtime.batching.workers import InstanceWorkers, WorkersUnavailable
 from runtime.processing import Processing
+from runtime.sequence import Feeds, SequenceBatcher, SequenceTag
 from runtime.monitoring.observer import BatchTiming, NullObserver, Observer
 from runtime.batching.queue import BatchPolicy, BatchQueue, LevelPolicy, Pending, TimeoutAction, window_of
 from runtime.spec import QueuePolicy, VersionSpec, public_inputs, public_outputs
@@ -127,6 +128,7 @@ class ServedModel:
         processing: Processing | None = None,
         inline_execution_us: float = 0.0,
         labels: dict[str, tuple[str, ...]] | None = None,
+        max_sequences: int = 1024,
     ) -> None:
         self.name = config.name
         self.version = version
@@ -144,6 +146,9 @@ class ServedModel:
         self.outputs: list[TensorSpec] = processing.public_outputs if processing else self.model_outputs
         self.optional_inputs = frozenset(t.name for t in config.inputs if t.optional)
         self.output_names = [spec.name for spec in self.model_outputs]
+        sequencing = config.sequence_batching
+        if sequencing is not None:  # the model also gives its implicit state, which the sequence batcher keeps
+            self.output_names += [state.output_name for state in sequencing.states]
         # What every request is checked against, built once for the version.
         self.schema = RequestSchema(self.label, self.inputs, self.outputs, config.max_batch_size, self.optional_inputs)
         self.state = ModelState.READY
@@ -169,6 +174,14 @@ class ServedModel:
             functools.partial(_run_batch_of, this),
             runs_inline=functools.partial(_runs_inline_of, this),
         )
+        # A sequence model schedules with the sequence batcher instead (the queue above stays idle).
+        self.sequencer: SequenceBatcher | None = None
+        if sequencing is not None:
+            feeds = Feeds(self.label, sequencing, config.max_batch_size > 0, model_dir)
+            self.sequencer = SequenceBatcher(
+                self.label, sequencing, config.max_batch_size, backend.instance_count, max_sequences, feeds,
+                functools.partial(_run_rows_of, this), this,
+            )
         # Last, so that nothing after the threads start can fail and leave them behind.
         try:
             self._workers = InstanceWorkers(backend.instance_count, f"{self.name}-v{version}")
@@ -199,7 +212,16 @@ class ServedModel:
             return outputs
         return self.processing.postprocess(self.label, outputs)
 
-    async def infer(self, request: Validated, priority: int = 0, timeout_s: float | None = None) -> Outputs:
+    async def infer(
+        self, request: Validated, priority: int = 0, timeout_s: float | None = None, sequence: SequenceTag | None = None
+    ) -> Outputs:
+        if self.sequencer is not None:
+            return await self.sequencer.submit(sequence, request.inputs, request.rows, request.group, timeout_s)
+        if sequence is not None:
+            raise InvalidInput(
+                f"{self.label} has no sequence_batching: parameter sequence_id ({sequence.describe()}) is for "
+                "sequence models; send the request without sequence_id, sequence_start and sequence_end"
+            )
         return await self.queue.submit(request, request.rows, request.group, priority, timeout_s)
 
     def run_sync(self, inputs: dict[str, Array], instance: int = 0) -> Outputs:
@@ -207,8 +229,25 @@ class ServedModel:
         return self._execute(instance, inputs)
 
     async def _run_batch(self, instance: int, items: Sequence[Pending[Validated, Outputs]]) -> list[Outputs]:
+        return await self.run_rows(
+            instance,
+            [item.payload.inputs for item in items],
+            [item.rows for item in items],
+            [item.taken_at - item.enqueued_at for item in items],
+            [item.payload.trace for item in items],
+        )
+
+    async def run_rows(
+        self,
+        instance: int,
+        inputs: list[dict[str, Array]],
+        rows: list[int],
+        queue_seconds: list[float],
+        traces: Sequence[Any] = (),
+    ) -> list[Outputs]:
+        """One batch, one request per entry of `inputs`: the one batch path of the dynamic and the sequence
+        batcher (stack, execute on the instance, split, statistics)."""
         started = time.perf_counter_ns()
-        inputs = [item.payload.inputs for item in items]
         batch = collate.stack(inputs) if self._ragged is None else pad_stack(inputs, self._ragged)
         prepared = time.perf_counter_ns()
         if self.runs_inline:
@@ -216,17 +255,17 @@ class ServedModel:
         else:
             outputs = await self._workers.run(instance, self._execute, instance, batch)
         ran = time.perf_counter_ns()
-        results = collate.split(outputs, [item.rows for item in items])
+        results = collate.split(outputs, rows)
         if self._ragged is not None:
-            results = [cut(result, item.payload.inputs, self._ragged) for result, item in zip(results, items)]
+            results = [cut(result, request, self._ragged) for result, request in zip(results, inputs)]
         finished = time.perf_counter_ns()
         timing = BatchTiming(
-            rows=sum(item.rows for item in items),
-            queue_seconds=[item.taken_at - item.enqueued_at for item in items],
+            rows=sum(rows),
+            queue_seconds=queue_seconds,
             input_seconds=(prepared - started) / 1e9,
             infer_seconds=(ran - prepared) / 1e9,
             output_seconds=(finished - ran) / 1e9,
-            traces=[item.payload.trace for item in items],
+            traces=traces,
         )
         self.stats.record_batch(timing)
         self.observer.batch_executed(self, timing, batch, outputs)
@@ -278,6 +317,8 @@ class ServedModel:
         """Drain queued and running requests, then stop the instance threads and free the sessions."""
         self.state = ModelState.UNLOADING
         try:
+            if self.sequencer is not None:  # live sequences finish here first (or are released as idle)
+                await self.sequencer.close()
             await self.queue.close()
             await asyncio.to_thread(self._workers.shutdown)
         finally:
@@ -300,6 +341,15 @@ def _run_batch_of(
     if served is None:  # cannot happen while the registry holds it; a freed model serves nothing
         raise Unavailable("the model version was unloaded")
     return served._run_batch(instance, items)
+
+
+def _run_rows_of(
+    model: weakref.ref[ServedModel], instance: int, inputs: list[dict[str, Array]], rows: list[int], waited: list[float]
+) -> Coroutine[Any, Any, list[Outputs]]:
+    served = model()
+    if served is None:
+        raise Unavailable("the model version was unloaded")
+    return served.run_rows(instance, inputs, rows, waited)
 
 
 def _runs_inline_of(model: weakref.ref[ServedModel]) -> bool:

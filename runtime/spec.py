@@ -58,6 +58,48 @@ class EnsembleStep:
 
 
 @dataclass(frozen=True, slots=True)
+class SequenceControl:
+    """One control input of Triton's sequence_batching: the server fills `input_name` per row.
+    kind: "START", "END", "READY" (with `false_true`, the values for false and true) or "CORRID"
+    (the sequence's id); `row_shape`: the tensor's shape per row, every extent 1."""
+
+    kind: str
+    input_name: str
+    datatype: str  # V2 name
+    row_shape: tuple[int, ...]
+    false_true: tuple[float, float] = (0, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceState:
+    """One implicit state of Triton's sequence_batching: `output_name` of one request of a sequence is
+    fed as `input_name` to its next; a sequence starts from zeros or from `initial_file` (a path
+    inside the model directory, already checked), of `initial_dims`."""
+
+    input_name: str
+    output_name: str
+    datatype: str  # V2 name
+    dims: tuple[int, ...]  # without the batch dim; -1 where the state may change size
+    initial_dims: tuple[int, ...]
+    initial_file: str = ""  # relative to the model directory; "" for zeros
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceBatchingConfig:
+    """Triton's sequence_batching block. `strategy` "direct": each sequence holds one batch slot of one
+    instance; "oldest": batches of the oldest requests across up to max_candidate_sequences."""
+
+    strategy: str
+    max_sequence_idle_us: int  # 0 in the config means Triton's default, 1 s; resolved here
+    controls: tuple[SequenceControl, ...] = ()
+    states: tuple[SequenceState, ...] = ()
+    max_queue_delay_us: int = 0
+    minimum_slot_utilization: float = 0.0  # direct
+    max_candidate_sequences: int = 0  # oldest; 0: max_batch_size (at least 1)
+    preferred_batch_size: tuple[int, ...] = ()  # oldest
+
+
+@dataclass(frozen=True, slots=True)
 class VersionSpec:
     """A version's completed config as plain values: what the core reads. `message` is the completed
     ModelConfig serialized, for the model-configuration extension (config_message)."""
@@ -71,6 +113,7 @@ class VersionSpec:
     parameters: dict[str, str]  # string_value of each config parameter
     response_cache: bool = False  # Triton's response_cache { enable: true } (runtime/cache.py)
     message: bytes = field(repr=False, default=b"")
+    sequence_batching: SequenceBatchingConfig | None = None  # Triton's sequence batcher, when configured
     ensemble_steps: tuple[EnsembleStep, ...] = ()  # platform "ensemble": the DAG; empty for other models
 
 

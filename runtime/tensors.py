@@ -1,13 +1,14 @@
 """Raw tensor bytes <-> numpy arrays, shared by the HTTP binary extension and gRPC raw contents."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from runtime import codec
-from runtime.errors import InvalidInput, quoted
-from runtime.types import DATATYPE_TO_NUMPY, Array
+from runtime.errors import InvalidInput, ModelLoadError, quoted
+from runtime.types import DATATYPE_TO_CONFIG, DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, Array
 
 
 def element_count(shape: Sequence[int]) -> int:
@@ -79,3 +80,21 @@ def raw_from_array(array: Array) -> bytes:
         encoded: bytes = codec.encode_bytes(array)
         return encoded
     return np.ascontiguousarray(array).tobytes()
+
+
+def array_from_file(path: Path, dtype: np.dtype[Any], dims: Sequence[int], what: str, name: str, place: str) -> Array:
+    """A config's raw data file (a warm-up sample, an initial state): row-major `dims` of `dtype`, exactly
+    the bytes they need (a larger file is not read). `path` is already checked inside its folder
+    (runtime.paths.inside); `what` names model and field, `name` the file as the config gives it,
+    `place` the folder for messages. ModelLoadError when it is missing or of another size."""
+    expected = element_count(dims) * dtype.itemsize
+    try:
+        size = path.stat().st_size if path.is_file() else -1
+    except OSError:
+        size = -1
+    if size < 0:
+        raise ModelLoadError(f"{what} {quoted(name)}: no such file in the {place}")
+    if size != expected:
+        type_name = DATATYPE_TO_CONFIG.get(NUMPY_TO_DATATYPE.get(dtype, ""), str(dtype))
+        raise ModelLoadError(f"{what} {quoted(name)} holds {size} bytes; dims {list(dims)} of {type_name} need {expected}")
+    return np.fromfile(path, dtype=dtype, count=expected // dtype.itemsize).reshape(tuple(dims))

@@ -83,6 +83,15 @@ EXPORTED: dict[str, MetricInfo] = {
             "Requests admitted to the version and not yet answered",
             _MV,
         ),
+        MetricInfo(f"{PREFIX}_live_sequences", "gauge", "Sequences started and not yet ended or released (sequence batching)", _MV),
+        MetricInfo(f"{PREFIX}_sequence_starts", "counter", "Sequences started (sequence batching)", _MV),
+        MetricInfo(f"{PREFIX}_sequence_ends", "counter", "Sequences ended by their end request (sequence batching)", _MV),
+        MetricInfo(
+            f"{PREFIX}_sequence_idle_releases",
+            "counter",
+            "Sequences released after max_sequence_idle_microseconds without a request (sequence batching)",
+            _MV,
+        ),
         MetricInfo(
             f"{PREFIX}_model_state", "gauge", "1 for the state each model version is in", (*_MV, "state")
         ),

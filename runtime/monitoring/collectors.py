@@ -56,9 +56,31 @@ class _ModelStats(Protocol):
     def cache_miss(self) -> _Counted: ...
 
 
+class _SequenceStats(Protocol):
+    @property
+    def starts(self) -> int: ...
+
+    @property
+    def ends(self) -> int: ...
+
+    @property
+    def idle_releases(self) -> int: ...
+
+
+class _Sequencer(Protocol):
+    @property
+    def live(self) -> int: ...
+
+    @property
+    def stats(self) -> _SequenceStats: ...
+
+
 class _Served(Protocol):
     @property
     def queue(self) -> _Queue: ...
+
+    @property
+    def sequencer(self) -> _Sequencer | None: ...
 
     @property
     def stats(self) -> _ModelStats: ...
@@ -138,6 +160,12 @@ class RuntimeCollector(Collector):
                 f[f"{PREFIX}_model_load_duration_seconds"].add_metric(key, record.load_seconds)
             if record.served is not None:
                 f[f"{PREFIX}_queue_depth"].add_metric(key, record.served.queue.stats.queued)
+                sequencer = record.served.sequencer
+                if sequencer is not None:
+                    f[f"{PREFIX}_live_sequences"].add_metric(key, sequencer.live)
+                    f[f"{PREFIX}_sequence_starts"].add_metric(key, sequencer.stats.starts)
+                    f[f"{PREFIX}_sequence_ends"].add_metric(key, sequencer.stats.ends)
+                    f[f"{PREFIX}_sequence_idle_releases"].add_metric(key, sequencer.stats.idle_releases)
                 hit, miss = record.served.stats.cache_hit, record.served.stats.cache_miss
                 if hit.count or miss.count:  # a version that uses the response cache
                     f[f"{PREFIX}_cache_hits"].add_metric(key, hit.count)

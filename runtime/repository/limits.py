@@ -13,7 +13,7 @@ from typing import Iterable
 
 from google.protobuf.message import Message
 
-from runtime.config import MAX_BATCH_SIZE, MAX_GPU_ID, MAX_QUEUE_SIZE, available_cores
+from runtime.config import MAX_BATCH_SIZE, MAX_GPU_ID, MAX_QUEUE_SIZE, MAX_SEQUENCES, available_cores
 from runtime.errors import ModelLoadError, quoted
 from runtime._pb import model_config_pb2 as mc
 
@@ -27,6 +27,8 @@ MAX_PRIORITY_LEVELS = 64
 MAX_WARMUP_COUNT = 1000
 MAX_WARMUP_ELEMENTS = 1 << 27  # per warm-up input, batch included (512 MiB of FP32)
 MAX_VERSIONS = 64  # versions loaded at once by one policy (each holds every instance's session)
+MAX_STATES = 64  # implicit states of one sequence model
+MAX_STATE_ELEMENTS = 1 << 22  # one sequence's initial state (16 MiB of FP32); every live sequence holds one
 WILDCARD = -1
 MAX_ENSEMBLE_STEPS = 256  # steps of one ensemble: each is a request to its model, per ensemble request
 
@@ -88,6 +90,18 @@ def limits() -> dict[str, Limit]:
         Limit("ensemble_scheduling.step.count", 1, MAX_ENSEMBLE_STEPS, "steps of one ensemble, each a request to its model"),
         Limit("ensemble_scheduling.step.model_version", 0, 2**63 - 1,
               "-1 or 0: the version the model routes to; else that version", wildcard=True),
+        Limit("sequence_batching.max_sequence_idle_microseconds", 0, MAX_TIMEOUT_US,
+              "idle time before a sequence is released (1 h); 0: Triton's default, 1 s"),
+        Limit("sequence_batching.max_queue_delay_microseconds", 0, MAX_DELAY_US,
+              "direct and oldest: the batching window (10 s)"),
+        Limit("sequence_batching.direct.minimum_slot_utilization", 0, 1,
+              "fraction of an instance's slots ready before the window ends (a float)"),
+        Limit("sequence_batching.oldest.max_candidate_sequences", 0, MAX_SEQUENCES,
+              "sequences batched from at once; 0: max_batch_size"),
+        Limit("sequence_batching.oldest.preferred_batch_size", 1, MAX_BATCH_SIZE, "rows; at most max_batch_size"),
+        Limit("sequence_batching.state.count", 0, MAX_STATES, "implicit states"),
+        Limit("sequence_batching.state.initial_state.elements", 1, MAX_STATE_ELEMENTS,
+              "elements of one initial state, held by every live sequence"),
         Limit("model_warmup.batch_size", 0, MAX_BATCH_SIZE, "rows; at most max_batch_size (1 without batching)"),
         Limit("model_warmup.count", 0, MAX_WARMUP_COUNT, "runs of the sample (0 means 1)"),
         Limit("model_warmup.inputs.dims", 1, MAX_DIM, "a warm-up sample has a concrete shape"),
@@ -150,6 +164,8 @@ class _Checker:
             self.within("optimization.graph.level", "optimization.graph.level", config.optimization.graph.level)
         if config.HasField("dynamic_batching"):
             self.batching(config.dynamic_batching, batch_cap)
+        if config.HasField("sequence_batching"):
+            self.sequences(config.sequence_batching, batch_cap)
         if config.HasField("ensemble_scheduling"):
             steps = config.ensemble_scheduling.step
             self.within("ensemble_scheduling.step.count", "ensemble_scheduling step count", len(steps))
@@ -191,6 +207,35 @@ class _Checker:
             self.within("dynamic_batching.priority_queue_policy.key", "dynamic_batching.priority_queue_policy key",
                         level, high=levels)
             self.queue_policy(f"dynamic_batching.priority_queue_policy[{level}]", batching.priority_queue_policy[level])
+
+    def sequences(self, block: mc.ModelSequenceBatching, batch_cap: int) -> None:
+        label = "sequence_batching"
+        self.within(f"{label}.max_sequence_idle_microseconds", f"{label}.max_sequence_idle_microseconds",
+                    block.max_sequence_idle_microseconds)
+        delay = f"{label}.max_queue_delay_microseconds"
+        self.within(delay, f"{label}.direct.max_queue_delay_microseconds", block.direct.max_queue_delay_microseconds)
+        self.within(delay, f"{label}.oldest.max_queue_delay_microseconds", block.oldest.max_queue_delay_microseconds)
+        utilization = float(block.direct.minimum_slot_utilization)
+        if not 0.0 <= utilization <= 1.0:  # a float: Limit.allows takes integers
+            limit = self.table[f"{label}.direct.minimum_slot_utilization"]
+            raise ModelLoadError(
+                f"{self.where}: {limit.field} is {utilization:g}; it must be {limit.describe()} ({limit.why})"
+            )
+        self.within(f"{label}.oldest.max_candidate_sequences", f"{label}.oldest.max_candidate_sequences",
+                    block.oldest.max_candidate_sequences)
+        for i, size in enumerate(block.oldest.preferred_batch_size):
+            self.within(f"{label}.oldest.preferred_batch_size", f"{label}.oldest.preferred_batch_size[{i}]",
+                        size, high=batch_cap)
+        self.within(f"{label}.state.count", f"{label}.state count", len(block.state))
+        for i, state in enumerate(block.state):
+            self.dims(f"{label}.state[{i}] dims", state.dims)
+            for j, initial in enumerate(state.initial_state):
+                where = f"{label}.state[{i}].initial_state[{j}]"
+                self.dims(f"{where} dims", initial.dims)
+                elements = 1
+                for dim in initial.dims:
+                    elements *= max(1, int(dim))
+                self.within(f"{label}.state.initial_state.elements", f"{where} elements", elements)
 
     def queue_policy(self, label: str, policy: mc.ModelQueuePolicy) -> None:
         self.within("queue_policy.default_timeout_microseconds", f"{label}.default_timeout_microseconds",

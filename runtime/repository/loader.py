@@ -24,6 +24,7 @@ from runtime.repository import limits
 from runtime.repository import model_config as mcfg
 from runtime.paths import inside
 from runtime.repository.store import ModelDir
+from runtime.tensors import array_from_file
 from runtime.types import DATATYPE_TO_NUMPY, Array
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def load_version(
             processing=processing,
             inline_execution_us=settings.inline_execution_us,
             labels=labels,
+            max_sequences=settings.max_sequences,
         )
         try:
             _warm_up(served, mcfg.warmups(config), model_dir.path)
@@ -270,17 +272,4 @@ def _warm_up_sample(model_dir: Path, warmup: str, spec: mcfg.WarmupInput, dtype:
     path = inside(folder, spec.data_file, what, "model's warmup directory")
     if dtype == object:
         raise ModelLoadError(f"{what}: BYTES samples from a file are not supported; use zero_data")
-    dims = spec.dims
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    try:
-        size = path.stat().st_size if path.is_file() else -1
-    except OSError:
-        size = -1
-    if size < 0:
-        raise ModelLoadError(f"{what} {quoted(spec.data_file)}: no such file in the model's warmup directory")
-    if size != expected:
-        raise ModelLoadError(
-            f"{what} {quoted(spec.data_file)} holds {size} bytes; dims {list(dims)} of "
-            f"{spec.config_type} need {expected}"
-        )
-    return np.fromfile(path, dtype=dtype, count=expected // dtype.itemsize).reshape(dims)
+    return array_from_file(path, dtype, spec.dims, what, spec.data_file, "model's warmup directory")

@@ -23,6 +23,7 @@ from runtime.repository import limits
 from runtime.paths import inside
 from runtime._pb import model_config_pb2 as mc
 from runtime.spec import BatchingConfig, EnsembleStep, QueuePolicy, TensorConfig, VersionSpec
+from runtime.spec import SequenceBatchingConfig, SequenceControl, SequenceState
 from runtime.types import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG, TensorSpec
 
 ModelConfig = mc.ModelConfig
@@ -92,11 +93,71 @@ def version_spec(config: mc.ModelConfig) -> VersionSpec:
         parameters={key: value.string_value for key, value in config.parameters.items()},
         response_cache=config.response_cache.enable,
         message=config.SerializeToString(deterministic=True),
+        sequence_batching=_sequence_batching(config),
         ensemble_steps=tuple(
             EnsembleStep(step.model_name, int(step.model_version), dict(step.input_map), dict(step.output_map))
             for step in config.ensemble_scheduling.step
         ),
     )
+
+
+DEFAULT_SEQUENCE_IDLE_US = 1_000_000  # Triton's default max_sequence_idle_microseconds
+_CONTROL_KINDS = {
+    mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START: "START",
+    mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_END: "END",
+    mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_READY: "READY",
+    mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID: "CORRID",
+}
+# The false/true lists each flag control may use, with the tensor datatype each one means.
+_FLAG_LISTS = (("int32_false_true", "INT32"), ("fp32_false_true", "FP32"), ("bool_false_true", "BOOL"))
+_CORRID_DATATYPES = ("UINT64", "INT64", "UINT32", "INT32", "BYTES")
+
+
+def _sequence_batching(config: mc.ModelConfig) -> SequenceBatchingConfig | None:
+    """The sequence_batching block as plain values (checked by complete_config)."""
+    if not config.HasField("sequence_batching"):
+        return None
+    block = config.sequence_batching
+    controls = []
+    for control_input in block.control_input:
+        for control in control_input.control:
+            kind = _CONTROL_KINDS[control.kind]
+            if kind == "CORRID":
+                controls.append(SequenceControl(kind, control_input.name, _datatype(control.data_type), (1,)))
+                continue
+            listed, datatype = next((getattr(control, name), dt) for name, dt in _FLAG_LISTS if len(getattr(control, name)))
+            false_true = (float(listed[0]), float(listed[1]))
+            controls.append(SequenceControl(kind, control_input.name, datatype, (1,), false_true))
+    states = []
+    for state in block.state:
+        initial = state.initial_state[0] if state.initial_state else None
+        states.append(
+            SequenceState(
+                input_name=state.input_name,
+                output_name=state.output_name,
+                datatype=_datatype(state.data_type),
+                dims=tuple(int(d) for d in state.dims),
+                initial_dims=tuple(int(d) for d in initial.dims) if initial is not None else tuple(int(d) for d in state.dims),
+                initial_file=initial.data_file if initial is not None and initial.WhichOneof("state_data") == "data_file" else "",
+            )
+        )
+    strategy = block.WhichOneof("strategy_choice") or "direct"  # Triton's default
+    return SequenceBatchingConfig(
+        strategy=strategy,
+        max_sequence_idle_us=int(block.max_sequence_idle_microseconds) or DEFAULT_SEQUENCE_IDLE_US,
+        controls=tuple(controls),
+        states=tuple(states),
+        max_queue_delay_us=int(
+            block.oldest.max_queue_delay_microseconds if strategy == "oldest" else block.direct.max_queue_delay_microseconds
+        ),
+        minimum_slot_utilization=float(block.direct.minimum_slot_utilization),
+        max_candidate_sequences=int(block.oldest.max_candidate_sequences),
+        preferred_batch_size=tuple(sorted(int(s) for s in block.oldest.preferred_batch_size)),
+    )
+
+
+def _datatype(data_type: int) -> str:
+    return CONFIG_TO_DATATYPE.get(mc.DataType.Name(data_type), "")
 
 
 def _queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
@@ -272,8 +333,10 @@ def complete_config(
         )
     skip = 1 if done.max_batch_size > 0 else 0
 
-    _complete_tensors(done.input, signature.inputs, skip, where, "input", auto_complete)
-    _complete_tensors(done.output, signature.outputs, skip, where, "output", auto_complete)
+    # Control and state tensors are the sequence batcher's, never the client's: not completed into input/output.
+    fed, kept = _check_sequence_batching(done, signature, skip, where)
+    _complete_tensors(done.input, tuple(t for t in signature.inputs if t.name not in fed), skip, where, "input", auto_complete)
+    _complete_tensors(done.output, tuple(t for t in signature.outputs if t.name not in kept), skip, where, "output", auto_complete)
     _check_groups(done, where)
     limits.check(done, where)  # again: completion filled dims and max_batch_size from the graph
     return done
@@ -315,6 +378,118 @@ def complete_ensemble_config(config: mc.ModelConfig, model_name: str) -> mc.Mode
                 raise ModelLoadError(f"{where}: ensemble {kind} {quoted(tensor.name)} needs a data_type")
     limits.check(done, where)
     return done
+
+
+def _check_sequence_batching(
+    config: mc.ModelConfig, signature: GraphSignature, skip: int, where: str
+) -> tuple[set[str], set[str]]:
+    """Refuse a sequence_batching block that does not fit the graph; the graph inputs it feeds
+    (controls, states) and the graph outputs it keeps (states). Ranges are limits.check's."""
+    if not config.HasField("sequence_batching"):
+        return set(), set()
+    block = config.sequence_batching
+    label = f"{where}: sequence_batching"
+    if block.iterative_sequence:
+        raise ModelLoadError(f"{label}.iterative_sequence is not supported")
+    graph_inputs = {t.name: t for t in signature.inputs}
+    graph_outputs = {t.name: t for t in signature.outputs}
+    declared_inputs = {t.name for t in config.input}
+    declared_outputs = {t.name for t in config.output}
+    fed: set[str] = set()
+    kept: set[str] = set()
+
+    def graph_tensor(name: str, what: str, table: dict[str, GraphTensor], declared: set[str], kind: str) -> GraphTensor:
+        found = table.get(name)
+        if found is None:
+            raise ModelLoadError(
+                f"{what}: {quoted(name)} is not an {kind} of the ONNX model (it has {', '.join(sorted(table)) or 'none'})"
+            )
+        if name in declared:
+            raise ModelLoadError(
+                f"{what}: {quoted(name)} is fed by the sequence batcher, not by clients; do not list it under {kind}"
+            )
+        if name in (fed if kind == "input" else kept):
+            raise ModelLoadError(f"{what}: {quoted(name)} is used twice by sequence_batching")
+        return found
+
+    kinds: set[str] = set()
+    for i, control_input in enumerate(block.control_input):
+        what = f"{label}.control_input[{i}]"
+        tensor = graph_tensor(control_input.name, what, graph_inputs, declared_inputs, "input")
+        fed.add(control_input.name)
+        if len(control_input.control) != 1:
+            raise ModelLoadError(f"{what}: {quoted(control_input.name)} needs exactly one control, has {len(control_input.control)}")
+        control = control_input.control[0]
+        kind = _CONTROL_KINDS[control.kind]
+        if kind in kinds:
+            raise ModelLoadError(f"{what}: a second CONTROL_SEQUENCE_{kind}; each kind feeds one input")
+        kinds.add(kind)
+        lists = [(name, datatype) for name, datatype in _FLAG_LISTS if len(getattr(control, name))]
+        if kind == "CORRID":
+            datatype = _datatype(control.data_type)
+            if lists:
+                raise ModelLoadError(f"{what}: CONTROL_SEQUENCE_CORRID takes a data_type, not {lists[0][0]}")
+            if datatype not in _CORRID_DATATYPES:
+                allowed = ", ".join(DATATYPE_TO_CONFIG[d] for d in _CORRID_DATATYPES)
+                raise ModelLoadError(f"{what}: CONTROL_SEQUENCE_CORRID needs data_type one of {allowed}")
+        else:
+            if len(lists) != 1 or len(getattr(control, lists[0][0])) != 2:
+                raise ModelLoadError(
+                    f"{what}: CONTROL_SEQUENCE_{kind} needs exactly one of int32_false_true, fp32_false_true "
+                    "or bool_false_true, with two values (false, then true)"
+                )
+            datatype = lists[0][1]
+            if control.data_type != mc.TYPE_INVALID and _datatype(control.data_type) != datatype:
+                raise ModelLoadError(f"{what}: data_type {mc.DataType.Name(control.data_type)} does not match {lists[0][0]}")
+        if tensor.datatype != datatype:
+            raise ModelLoadError(
+                f"{what}: {quoted(control_input.name)} is {DATATYPE_TO_CONFIG[tensor.datatype]} in the ONNX model, "
+                f"but the control gives {DATATYPE_TO_CONFIG[datatype]}"
+            )
+        if not _dims_compatible((1,), tensor.shape[skip:]):
+            raise ModelLoadError(
+                f"{what}: {quoted(control_input.name)} has shape {list(tensor.shape)} in the ONNX model; a control "
+                f"takes one value per request, shape {'[batch, 1]' if skip else '[1]'}"
+            )
+    for j, state in enumerate(block.state):
+        what = f"{label}.state[{j}]"
+        state_in = graph_tensor(state.input_name, what, graph_inputs, declared_inputs, "input")
+        fed.add(state.input_name)
+        state_out = graph_tensor(state.output_name, what, graph_outputs, declared_outputs, "output")
+        kept.add(state.output_name)
+        datatype = _datatype(state.data_type)
+        if not datatype or datatype == "BF16":
+            raise ModelLoadError(f"{what}: needs a data_type model-runtime serves, got {mc.DataType.Name(state.data_type)}")
+        dims = tuple(int(d) for d in state.dims)
+        if not dims:
+            raise ModelLoadError(f"{what}: needs dims (the state's shape without the batch dimension)")
+        for tensor in (state_in, state_out):
+            if tensor.datatype != datatype:
+                raise ModelLoadError(
+                    f"{what}: {quoted(tensor.name)} is {DATATYPE_TO_CONFIG[tensor.datatype]} in the ONNX model, "
+                    f"but the state's data_type is {mc.DataType.Name(state.data_type)}"
+                )
+            if not _dims_compatible(dims, tensor.shape[skip:]):
+                raise ModelLoadError(
+                    f"{what}: dims {list(dims)} do not fit {quoted(tensor.name)}, whose ONNX shape "
+                    f"{'without the batch dim ' if skip else ''}is {list(tensor.shape[skip:])}"
+                )
+        if len(state.initial_state) > 1:
+            raise ModelLoadError(f"{what}: at most one initial_state is supported, got {len(state.initial_state)}")
+        if state.initial_state:
+            initial = state.initial_state[0]
+            initial_dims = tuple(int(d) for d in initial.dims)
+            if initial.data_type != state.data_type:
+                raise ModelLoadError(f"{what}: initial_state data_type must be the state's, {mc.DataType.Name(state.data_type)}")
+            if initial.WhichOneof("state_data") is None:
+                raise ModelLoadError(f"{what}: initial_state needs zero_data or data_file")
+            if any(d < 1 for d in initial_dims) or not _dims_compatible(initial_dims, dims):
+                raise ModelLoadError(f"{what}: initial_state dims {list(initial_dims)} must be concrete and fit dims {list(dims)}")
+            if initial.WhichOneof("state_data") == "data_file" and datatype == "BYTES":
+                raise ModelLoadError(f"{what}: a BYTES initial_state from a data_file is not supported; use zero_data")
+        elif any(d < 0 for d in dims):
+            raise ModelLoadError(f"{what}: dims {list(dims)} are variable; give an initial_state with concrete dims")
+    return fed, kept
 
 
 def _graph_has_batch_dim(signature: GraphSignature) -> bool:

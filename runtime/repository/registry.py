@@ -30,6 +30,7 @@ from runtime.model import ModelState, ServedModel
 from runtime.monitoring.observer import NullObserver, Observer
 from runtime.repository import loader
 from runtime.repository import model_config as mcfg
+from runtime.sequence import SequenceDirectory
 from runtime.repository.store import ModelDir, RepositoryStore, StagedUpload, check_model_name, stage_upload
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class ModelEntry:
     history: list[Snapshot] = field(default_factory=list)
     override: mcfg.ModelConfig | None = None
     error: str = ""  # model-level failure (bad config.pbtxt, no versions)
+    # Live sequences of every version (sequence batching): a sequence finishes on the version it started on.
+    sequences: SequenceDirectory[ServedModel] = field(default_factory=SequenceDirectory)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _credit: dict[int, float] = field(default_factory=dict)  # smooth weighted round-robin state
     _default: ServedModel | None = None
@@ -258,6 +261,8 @@ class ModelRegistry:
                     log.error("model %r version %d failed to load: %s", entry.name, version, exc.message)
                     raise
                 fresh.append(served)
+                if served.sequencer is not None:
+                    served.sequencer.directory = entry.sequences
                 if isinstance(served.backend, ensemble.EnsembleBackend):
                     self._check_ensemble(entry, served, served.backend.graph)
                 records[version] = VersionRecord(
@@ -491,6 +496,9 @@ class ModelRegistry:
     async def close(self) -> None:
         """Drain and unload every model version."""
         for entry in list(self._entries.values()):
+            for record in [*entry.serving.values(), *entry.unloaded.values()]:
+                if record.served is not None and record.served.sequencer is not None:
+                    record.served.sequencer.release_all("the server is shutting down")  # none can continue now
             for version, record in entry.serving.items():
                 record.state = ModelState.UNLOADING
                 entry.unloaded[version] = record

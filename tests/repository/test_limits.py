@@ -18,7 +18,7 @@ import pytest
 import tritonclient.http as httpclient
 from onnx import TensorProto, helper
 
-from runtime.config import MAX_BATCH_SIZE, MAX_GPU_ID, MAX_QUEUE_SIZE, available_cores
+from runtime.config import MAX_BATCH_SIZE, MAX_GPU_ID, MAX_QUEUE_SIZE, MAX_SEQUENCES, available_cores
 from runtime.errors import ModelLoadError
 from runtime.examples import save_model
 from runtime.repository import limits
@@ -53,6 +53,9 @@ def warmup(**fields: Any) -> dict[str, Any]:
 
 
 ENSEMBLE_STEP = {"model_name": "flex", "input_map": {"INPUT0": "INPUT0"}, "output_map": {"OUTPUT0": "OUTPUT0"}}
+
+
+SEQUENCE_STATE = {"input_name": "STATE_IN", "output_name": "STATE_OUT", "data_type": "TYPE_FP32", "dims": [1]}
 
 
 def thread_parameter(key: str) -> Callable[[int], dict[str, Any]]:
@@ -152,6 +155,40 @@ CASES: dict[str, Case] = {
     "model_warmup.inputs.elements": Case(
         lambda v: warmup(batch_size=1, dims=[v]), "model_warmup[0].inputs['INPUT0'] elements",
         (limits.MAX_WARMUP_ELEMENTS + 1,), (1, limits.MAX_WARMUP_ELEMENTS), loads=False,
+    ),
+    # Sequence batching: flex is no sequence model, so the edges are checked in-process.
+    "sequence_batching.max_sequence_idle_microseconds": Case(
+        lambda v: {"sequence_batching": {"max_sequence_idle_microseconds": v}},
+        "sequence_batching.max_sequence_idle_microseconds", (limits.MAX_TIMEOUT_US + 1, 2**64 - 1),
+        (0, limits.MAX_TIMEOUT_US), loads=False,
+    ),
+    "sequence_batching.max_queue_delay_microseconds": Case(
+        lambda v: {"sequence_batching": {"oldest": {"max_queue_delay_microseconds": v}}},
+        "sequence_batching.oldest.max_queue_delay_microseconds", (limits.MAX_DELAY_US + 1, 2**64 - 1),
+        (0, limits.MAX_DELAY_US), loads=False,
+    ),
+    "sequence_batching.direct.minimum_slot_utilization": Case(
+        lambda v: {"sequence_batching": {"direct": {"minimum_slot_utilization": v}}},
+        "sequence_batching.direct.minimum_slot_utilization", (-1, 2), (0, 1), loads=False,
+    ),
+    "sequence_batching.oldest.max_candidate_sequences": Case(
+        lambda v: {"sequence_batching": {"oldest": {"max_candidate_sequences": v}}},
+        "sequence_batching.oldest.max_candidate_sequences", (-1, MAX_SEQUENCES + 1), (0, MAX_SEQUENCES), loads=False,
+    ),
+    "sequence_batching.oldest.preferred_batch_size": Case(
+        lambda v: {"sequence_batching": {"oldest": {"preferred_batch_size": [v]}}},
+        "sequence_batching.oldest.preferred_batch_size[0]", (0, 9), (1, 8), loads=False, expect="between 1 and 8",
+    ),
+    "sequence_batching.state.count": Case(
+        lambda v: {"sequence_batching": {"state": [SEQUENCE_STATE] * v}}, "sequence_batching.state count",
+        (limits.MAX_STATES + 1,), (0, limits.MAX_STATES), loads=False,
+    ),
+    "sequence_batching.state.initial_state.elements": Case(
+        lambda v: {"sequence_batching": {"state": [{
+            **SEQUENCE_STATE, "dims": [-1], "initial_state": [{"data_type": "TYPE_FP32", "dims": [v], "zero_data": True}],
+        }]}},
+        "sequence_batching.state[0].initial_state[0] elements", (limits.MAX_STATE_ELEMENTS + 1,),
+        (1, limits.MAX_STATE_ELEMENTS), loads=False,
     ),
     # The edges belong to ensembles (flex is none), so they are checked in-process.
     "ensemble_scheduling.step.count": Case(

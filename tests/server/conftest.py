@@ -35,7 +35,7 @@ def build_test_repository(root: Path) -> Path:
     corrupt = root / "corrupt" / "1"
     corrupt.mkdir(parents=True)
     (corrupt / "model.onnx").write_bytes(b"this is not an onnx model")
-    save_model(build_identity("INT32"), root, "bad_config", config_pbtxt='name: "bad_config"\nsequence_batching { }\n')
+    save_model(build_identity("INT32"), root, "bad_config", config_pbtxt='name: "bad_config"\nsequence_batching { iterative_sequence: true }\n')
     return root
 
 
@@ -142,12 +142,17 @@ class Client:
         return message
 
 
+def protocol_client(protocol: str, server: RunningServer) -> Client:
+    """A Client for `server` over "http" or "grpc" (for `either` fixtures of other test folders too)."""
+    if protocol == "http":
+        return Client("http", httpclient, httpclient.InferenceServerClient(server.http_url))
+    return Client("grpc", grpcclient, grpcclient.InferenceServerClient(server.grpc_url))
+
+
 @pytest.fixture(scope="module", params=["http", "grpc"])
 def either(request: pytest.FixtureRequest, server: RunningServer) -> Client:
     """The same tests over HTTP and gRPC (ids `http` and `grpc`)."""
-    if request.param == "http":
-        return Client("http", httpclient, httpclient.InferenceServerClient(server.http_url))
-    return Client("grpc", grpcclient, grpcclient.InferenceServerClient(server.grpc_url))
+    return protocol_client(request.param, server)
 
 
 # ---- shared memory (issue 14) ----------------------------------------------------------------------
