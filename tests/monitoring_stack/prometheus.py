@@ -91,12 +91,18 @@ class Prometheus:
 
 
 @contextlib.contextmanager
-def running_prometheus(work_dir: Path, targets: list[str], scrape_interval: str = "200ms") -> Iterator[Prometheus]:
-    """Prometheus scraping `targets` (host:port, /metrics) every `scrape_interval`, job "model-runtime"."""
+def running_prometheus(
+    work_dir: Path, targets: list[str], scrape_interval: str = "200ms", labels: dict[str, str] | None = None
+) -> Iterator[Prometheus]:
+    """Prometheus scraping `targets` (host:port, /metrics) every `scrape_interval`, job "model-runtime",
+    with `labels` on every series (as Kubernetes discovery would add namespace and pod)."""
     work_dir.mkdir(parents=True, exist_ok=True)
+    group: dict[str, Any] = {"targets": targets}
+    if labels:
+        group["labels"] = labels
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-        "scrape_configs": [{"job_name": "model-runtime", "static_configs": [{"targets": targets}]}],
+        "scrape_configs": [{"job_name": "model-runtime", "static_configs": [group]}],
     }
     config_path = work_dir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))

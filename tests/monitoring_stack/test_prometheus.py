@@ -5,6 +5,7 @@ agree with the latencies the client measured.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import time
@@ -24,7 +25,7 @@ from tests.models import build_identity
 from tests.monitoring.models import build_monitoring_repository, reference_scores
 from tests.monitoring.test_dashboard import _queries, metric_names
 from tests.monitoring_stack.prometheus import Prometheus, promtool, running_prometheus
-from tests.serving import RunningServer, running_server
+from tests.serving import RunningServer, running_server, thread_http_client
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 ALERT_TESTS = MONITORING / "alerts_test.yml"
@@ -119,6 +120,8 @@ dynamic_batching {{ max_queue_delay_microseconds: {DELAY_US} }}
 parameters {{ key: "batch_window" value: {{ string_value: "fixed" }} }}
 """
 REQUESTS = 60
+# What Kubernetes discovery labels a pod of deploy/kserve/inference-service.yaml's predictor with.
+POD_LABELS = {"namespace": "default", "pod": "onnx-simple-predictor-7d9f8-abcde"}
 
 
 @dataclass
@@ -147,7 +150,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     repository = build_monitoring_repository(root / "models")
     save_model(build_identity("FP32"), repository, "delayed", config_pbtxt=DELAYED_CONFIG)
     with running_server(repository, root / "server") as server, running_prometheus(
-        root / "prometheus", [f"127.0.0.1:{server.metrics_port}"]
+        root / "prometheus", [f"127.0.0.1:{server.metrics_port}"], labels=POD_LABELS
     ) as prometheus:
         latencies = []
         client = httpclient.InferenceServerClient(server.http_url)
@@ -197,3 +200,34 @@ def test_dashboard_queries_evaluate_and_name_live_metrics(scraped: Scraped) -> N
         if names - live:
             missing[where] = sorted(names - live)
     assert not missing, f"dashboard queries naming metrics the live server did not export: {missing}"
+
+
+def adapter_query(rule: dict[str, Any]) -> str:
+    """The query prometheus-adapter sends for the HPA's pods metric, its templates filled in as it fills them."""
+    series = re.match(r"^(\w+)\{", rule["seriesQuery"])
+    assert series is not None
+    matchers = f'namespace="{POD_LABELS["namespace"]}",pod=~"{POD_LABELS["pod"]}"'
+    query = rule["metricsQuery"].replace("<<.Series>>", series.group(1)).replace("<<.LabelMatchers>>", matchers)
+    return str(query.replace("<<.GroupBy>>", "pod"))
+
+
+def test_the_autoscalers_queries_count_requests_in_flight(scraped: Scraped) -> None:
+    """deploy/'s two autoscaler queries (prometheus-adapter for the HPA, KEDA through KServe) run on
+    Prometheus and see a request while it is in flight: `slow` holds one in its queue for 1.5 s."""
+    from tests.deploy.test_manifests import one
+
+    (rule,) = yaml.safe_load(one("ConfigMap")["data"]["config.yaml"])["rules"]
+    keda = one("InferenceService")["spec"]["predictor"]["autoScaling"]["metrics"][0]["external"]["metric"]["query"]
+    assert scraped.prometheus.query(rule["seriesQuery"])  # the adapter finds the series to offer
+    def wait_in_slow() -> None:
+        with thread_http_client(scraped.server.http_url) as client:  # a gevent client stays in its thread
+            _infer(client, "slow", np.ones((1, 2), np.float32))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(wait_in_slow)
+        inflight = 'sum(model_runtime_inflight_requests{model="slow"})'
+        _wait_for(lambda: scraped.prometheus.scalar(inflight) == 1, "Prometheus to see slow's request in flight")
+        for query in (adapter_query(rule), keda):
+            (series,) = scraped.prometheus.query(query)
+            assert float(series["value"][1]) > 0, query
+        waiting.result(timeout=30)
