@@ -72,5 +72,6 @@ def model_errors(value: Any, type_name: str, where: str) -> Iterator[str]:
 
 
 if __name__ == "__main__":
-    value, type_name, where = json.loads(sys.stdin.read())
-    print(json.dumps(list(model_errors(value, type_name, where))))
+    # stdin: a JSON list of [value, type_name, where]; stdout: a JSON list of each one's errors
+    cases = json.loads(sys.stdin.read())
+    print(json.dumps([list(model_errors(value, type_name, where)) for value, type_name, where in cases]))

@@ -58,40 +58,56 @@ def one(kind: str) -> dict[str, Any]:
 
 # --- KServe kinds against the SDK's models -------------------------------------------------------
 
-def model_errors(value: Any, type_name: str, where: str) -> list[str]:
-    """What in `value` does not fit the SDK model `type_name`: checked by tests/deploy/kserve_models.py in
-    a child process, since importing `kserve` registers protobuf messages under the same full names as
+def kserve_cases() -> dict[str, tuple[dict[str, Any], str, str]]:
+    """Every value the tests below check against the SDK's models: the manifests and broken copies."""
+    cases = {
+        name: (doc, KSERVE_KINDS[doc["apiVersion"], doc["kind"]], doc["kind"])
+        for name, doc in DOCUMENTS
+        if (doc["apiVersion"], doc["kind"]) in KSERVE_KINDS
+    }
+    runtime = one("ClusterServingRuntime")
+    spec = dict(runtime["spec"], supportedModelFormat=runtime["spec"]["supportedModelFormats"])
+    cases["misspelt field"] = (dict(runtime, spec=spec), "V1alpha1ClusterServingRuntime", "csr")
+    container = dict(runtime["spec"]["containers"][0], readinesProbe={})
+    cases["misspelt container field"] = (
+        dict(runtime, spec=dict(runtime["spec"], containers=[container])), "V1alpha1ClusterServingRuntime", "csr"
+    )
+    service = one("InferenceService")
+    predictor = dict(service["spec"]["predictor"], model={"runtime": "model-runtime-onnx"})
+    cases["missing model format"] = (dict(service, spec={"predictor": predictor}), "V1beta1InferenceService", "isvc")
+    return cases
+
+
+@pytest.fixture(scope="module")
+def model_errors() -> dict[str, list[str]]:
+    """What in each case does not fit its SDK model: checked by tests/deploy/kserve_models.py in one child
+    process, since importing `kserve` registers protobuf messages under the same full names as
     tritonclient's, which this process holds (one protobuf pool refuses both)."""
+    cases = kserve_cases()
     completed = subprocess.run(
         [sys.executable, "-m", "tests.deploy.kserve_models"],
-        input=json.dumps([value, type_name, where]), capture_output=True, text=True, timeout=120, cwd=ROOT,
+        input=json.dumps(list(cases.values())), capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
-    errors: list[str] = json.loads(completed.stdout.splitlines()[-1])
-    return errors
+    errors: list[list[str]] = json.loads(completed.stdout.splitlines()[-1])
+    return dict(zip(cases, errors))
 
 
 @pytest.mark.parametrize(
     "name, doc", [(n, d) for n, d in DOCUMENTS if (d["apiVersion"], d["kind"]) in KSERVE_KINDS], ids=lambda v: v if isinstance(v, str) else ""
 )
-def test_kserve_kinds_fit_the_sdk_models(name: str, doc: dict[str, Any]) -> None:
-    assert model_errors(doc, KSERVE_KINDS[doc["apiVersion"], doc["kind"]], doc["kind"]) == []
+def test_kserve_kinds_fit_the_sdk_models(name: str, doc: dict[str, Any], model_errors: dict[str, list[str]]) -> None:
+    assert model_errors[name] == []
 
 
-def test_the_kserve_check_catches_a_misspelt_field() -> None:
-    runtime = one("ClusterServingRuntime")
-    spec = dict(runtime["spec"], supportedModelFormat=runtime["spec"]["supportedModelFormats"])
-    errors = model_errors(dict(runtime, spec=spec), "V1alpha1ClusterServingRuntime", "csr")
-    assert errors == ["csr.spec: 'supportedModelFormat' is not a field of V1alpha1ServingRuntimeSpec"]
-    container = dict(runtime["spec"]["containers"][0], readinesProbe={})
-    spec = dict(runtime["spec"], containers=[container])
-    (error,) = model_errors(dict(runtime, spec=spec), "V1alpha1ClusterServingRuntime", "csr")
+def test_the_kserve_check_catches_a_misspelt_field(model_errors: dict[str, list[str]]) -> None:
+    assert model_errors["misspelt field"] == ["csr.spec: 'supportedModelFormat' is not a field of V1alpha1ServingRuntimeSpec"]
+    (error,) = model_errors["misspelt container field"]
     assert error.startswith("csr.spec.containers[0]: 1 validation error for V1Container\nreadinesProbe\n")
     assert "Extra inputs are not permitted" in error
-    service = one("InferenceService")
-    predictor = dict(service["spec"]["predictor"], model={"runtime": "model-runtime-onnx"})
-    errors = model_errors(dict(service, spec={"predictor": predictor}), "V1beta1InferenceService", "isvc")
-    assert errors == ["isvc.spec.predictor.model: Invalid value for `model_format`, must not be `None`"]
+    assert model_errors["missing model format"] == [
+        "isvc.spec.predictor.model: Invalid value for `model_format`, must not be `None`"
+    ]
 
 
 # --- core kinds against the Kubernetes schema ----------------------------------------------------
