@@ -72,6 +72,9 @@ class _Sequencer(Protocol):
     def live(self) -> int: ...
 
     @property
+    def queued(self) -> int: ...
+
+    @property
     def stats(self) -> _SequenceStats: ...
 
 
@@ -159,8 +162,10 @@ class RuntimeCollector(Collector):
             if record.load_seconds:
                 f[f"{PREFIX}_model_load_duration_seconds"].add_metric(key, record.load_seconds)
             if record.served is not None:
-                f[f"{PREFIX}_queue_depth"].add_metric(key, record.served.queue.stats.queued)
                 sequencer = record.served.sequencer
+                # A sequence model's requests wait in its sequence batcher, not in the (idle) batch queue.
+                queued = record.served.queue.stats.queued if sequencer is None else sequencer.queued
+                f[f"{PREFIX}_queue_depth"].add_metric(key, queued)
                 if sequencer is not None:
                     f[f"{PREFIX}_live_sequences"].add_metric(key, sequencer.live)
                     f[f"{PREFIX}_sequence_starts"].add_metric(key, sequencer.stats.starts)

@@ -142,10 +142,8 @@ class SequenceBatcher:
 
     @property
     def queued(self) -> int:
+        """Requests waiting (not yet executing), for the queue-depth gauge."""
         return sum(len(seq.pending) for seq in self._table.values())
-
-    def holds(self, key: int | str) -> bool:
-        return key in self._table
 
     async def submit(
         self, tag: SequenceTag | None, inputs: dict[str, Array], rows: int, group: Hashable, timeout_s: float | None = None

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import Code, RuntimeServingError
+from runtime.monitoring.collectors import RuntimeCollector
 from runtime.types import InferRequest
 from tests.engine import InProcess, OpenEngine
 from tests.sequence.models import save_accumulator
@@ -172,6 +173,10 @@ async def test_direct_backlog_waits_for_a_free_slot(open_engine: OpenEngine, tmp
     assert sequencer is not None
     await asyncio.sleep(0.05)
     assert not waiting.done() and sequencer.backlog == 1
+    # /metrics shows the waiting request (in the sequence batcher, not in the idle batch queue).
+    families = {family.name: family for family in RuntimeCollector(core.registry).collect()}
+    depth = [s.value for s in families["model_runtime_queue_depth"].samples if s.labels["model"] == "acc_small"]
+    assert depth == [1]
     await core.engine.infer(request("acc_small", 1, 1.0, end=True))
     assert (await waiting).outputs["OUTPUT"].item() == 5.0
 

@@ -36,14 +36,15 @@ MODELS = ["acc_oldest", "acc_direct"]
 IDLE_US = 200_000
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=[1, 3], ids=["workers1", "workers3"])
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """One process, and --workers 3 (the sequence table lives in the engine process; front ends forward)."""
     repo = tmp_path_factory.mktemp("sequence-repo")
     save_accumulator(repo, "acc_oldest", strategy="oldest", strategy_block=OLDEST)
     save_accumulator(repo, "acc_direct", strategy="direct", strategy_block=DIRECT, flag_type="FP32", instances=2)
     save_accumulator(repo, "acc_idle", strategy="oldest", idle_us=IDLE_US, flag_type="BOOL", corrid="TYPE_STRING")
     save_model(build_identity("FP32"), repo, "plain")
-    with running_server(repo, tmp_path_factory.mktemp("sequence-server")) as running:
+    with running_server(repo, tmp_path_factory.mktemp("sequence-server"), workers=request.param) as running:
         yield running
 
 
