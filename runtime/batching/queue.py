@@ -11,8 +11,11 @@ The window (Window.ADAPTIVE, the default) also closes early when waiting cannot 
   closed-loop client therefore never waits, and N closed-loop clients wait only until all N are
   back (never longer than max_delay). Like Clipper's adaptive batching this learns from what the
   traffic did, but it adapts the wait rather than the batch size: the size cap stays Triton's.
-- the next request is not due within the window: the moving average of inter-arrival gaps (measured
-  while a batch is forming), counted from the last arrival, ends after the oldest request's window does.
+- the next request is not due within the window: the moving average of the gaps between arrivals is
+  at least max_delay (fewer than one arrival per window), so the next one, counted from the last
+  arrival, comes after the oldest request's window ends. Only a low arrival rate makes this true:
+  under load the average gap is a fraction of the window (bursts of closed-loop clients included,
+  whose long gap between bursts is averaged with the short ones), and the peak rule decides.
 Window.FIXED is Triton's: wait for the preferred size or the full max_delay.
 """
 from __future__ import annotations
@@ -332,10 +335,7 @@ class BatchQueue(Generic[P, R]):
             self._peak_rows = 0
             self._peak_until = now + PEAK_MEMORY_S
         self._peak_rows = max(self._peak_rows, self._queued_rows + self._running_rows)
-        # Gaps count only while a batch is forming (something was queued already): the gap before the
-        # first request of a batch spans the last execution and the round trip, which says nothing of
-        # how soon company follows once requests are coming.
-        if self._last_arrival is not None and self.stats.queued > 1:
+        if self._last_arrival is not None:
             gap = now - self._last_arrival
             self._gap_s = gap if self._gap_s is None else self._gap_s + (gap - self._gap_s) * _GAP_WEIGHT
         self._last_arrival = now
@@ -347,9 +347,10 @@ class BatchQueue(Generic[P, R]):
         expected = max(self._peak_rows, self._previous_peak_rows)
         if self._queued_rows + self._running_rows >= expected:
             return False  # everyone seen recently is here already
-        if self._gap_s is not None and self._last_arrival is not None:
-            if self._last_arrival + self._gap_s > first.enqueued_at + self.policy.max_delay_s:
-                return False  # the next arrival is not due before the window ends
+        if self._gap_s is not None and self._gap_s >= self.policy.max_delay_s:
+            # Fewer than one arrival per window on average: the next one is not due before this
+            # window ends (the last arrival is at or after the oldest request's).
+            return False
         return True
 
     def _take(self, group: Hashable, target_rows: int) -> list[Pending[P, R]]:
