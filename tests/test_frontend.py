@@ -30,7 +30,11 @@ DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "IN
 WINDOW_US = 100_000
 BATCHED = f"max_batch_size: 16\ndynamic_batching {{ max_queue_delay_microseconds: {WINDOW_US} }}\n"
 # The first request opens a window this long; a second one waits in it too, to be cancelled.
-SLOW = "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 1000000 }\n"
+# Triton's fixed window: a lone request waits out the whole second (the adaptive window would not).
+SLOW = (
+    "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 1000000 }\n"
+    'parameters { key: "batch_window" value: { string_value: "fixed" } }\n'
+)
 SLAB_BYTES = 1024 * 1024
 
 
