@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from lib.machine import busy_warning, codec_line, cpu_model, load_average, memory_gib, source_revision
 from lib.report import fmt, write_section
+from bench_metrics_overhead import run_round  # the same load: 8 callers, 1-row mlp requests back to back
 
 from runtime.config import Settings
 from runtime.engine import Engine
@@ -83,23 +84,6 @@ async def setup(root: Path, config: str, endpoint: str) -> tuple[Engine, Observe
     registry = ModelRegistry(RepositoryStore(root), Settings(model_repository=root, intra_op_threads=1), observer=observer)
     await registry.load_model("mlp")
     return Engine(registry, observer), observer, tracing
-
-
-async def run_round(engine: Engine, concurrency: int, seconds: float, rows: list[np.ndarray]) -> float:
-    done = 0
-    stop = time.perf_counter() + seconds
-
-    async def worker(offset: int) -> None:
-        nonlocal done
-        i = offset
-        while time.perf_counter() < stop:
-            await engine.infer(InferRequest("mlp", "", {"INPUT": rows[i % len(rows)]}, protocol="http"))
-            done += 1
-            i += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(n) for n in range(concurrency)))
-    return done / (time.perf_counter() - started)
 
 
 def observer_cost_us(observer: Observer, served: Any, batch_rows: int, repeats: int) -> float:
@@ -148,13 +132,12 @@ async def measure(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         root = write_example_repository(Path(tmp) / "repo")
         engines = {config: await setup(root, config, endpoint) for config in CONFIGS}
         rng = np.random.default_rng(0)
-        rows = [rng.standard_normal((1, 16)).astype(np.float32) for _ in range(64)]
         for engine, _, _ in engines.values():
-            await run_round(engine, args.concurrency, 0.3, rows)
+            await run_round(engine, args.concurrency, 0.3, rng)
         rounds: dict[str, list[float]] = {config: [] for config in CONFIGS}
         for _ in range(args.rounds):
             for config in CONFIGS:
-                rounds[config].append(await run_round(engines[config][0], args.concurrency, args.round_seconds, rows))
+                rounds[config].append(await run_round(engines[config][0], args.concurrency, args.round_seconds, rng))
                 flush(engines[config][2])  # export this round's spans now, not during the next round
         micro: dict[str, float] = {}
         sdk_only: dict[str, float] = {}
