@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from runtime import SERVER_NAME, __version__, cache, ensemble, statistics
 from runtime.errors import InvalidInput
@@ -19,6 +19,7 @@ from runtime.processing import classify_outputs
 from runtime.repository.model_config import ModelConfig, config_message, public_config_message
 from runtime.repository.registry import ModelRegistry, VersionRecord
 from runtime.sequence import SequenceTag, sequence_tag
+from runtime.sequence.request import PARAMETERS as SEQUENCE_PARAMETERS
 from runtime.shm import CudaRegionStatus, Lease, RegionTable, SystemRegionStatus
 from runtime.statistics import ModelStatistics
 from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec
@@ -104,7 +105,6 @@ class Engine:
             return all([await self.model_ready(s.model_name, str(s.model_version) if s.model_version > 0 else "") for s in steps])
         return True
 
-
     # ---- metadata ---------------------------------------------------------------------------
 
     async def server_metadata(self) -> tuple[str, str, list[str]]:
@@ -179,6 +179,18 @@ class Engine:
         self.observer.request_finished(request, served, SUCCESS, time.perf_counter() - started)
         return response
 
+    async def _ensemble_step(self, request: InferRequest) -> InferResponse:
+        """One step of an ensemble request. As in Triton, the ensemble's sequence parameters go to every
+        step, and a step whose model has no sequence batcher runs without them instead of refusing them
+        (a stateless pre-processing step before a stateful model)."""
+        if any(name in request.parameters for name in SEQUENCE_PARAMETERS):
+            served = self.registry.get(request.model_name, request.model_version)
+            if served.sequencer is None:  # routed once, here: the step names the version it was routed to
+                request = dataclasses.replace(
+                    request, model_version=str(served.version), parameters=_without_sequence(request.parameters)
+                )
+        return await self.infer(request)
+
     async def _infer(
         self, served: ServedModel, request: InferRequest, lease: Lease | None = None, sequence: SequenceTag | None = None
     ) -> InferResponse:
@@ -199,7 +211,7 @@ class Engine:
         started = time.perf_counter_ns()
         try:
             if isinstance(served.backend, ensemble.EnsembleBackend):  # each step through this infer, for its model
-                outputs = await ensemble.run(served.backend.graph, request, validated.inputs, self.infer)
+                outputs = await ensemble.run(served.backend.graph, request, validated.inputs, self._ensemble_step)
                 ensemble.count_request(served.stats, validated.rows, time.perf_counter_ns() - started)
             else:
                 outputs = await served.infer(validated, priority, timeout_s, sequence)
@@ -232,6 +244,10 @@ def _response(
         id=request.id,
         requested_outputs=wanted,
     )
+
+
+def _without_sequence(parameters: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in parameters.items() if name not in SEQUENCE_PARAMETERS}
 
 
 def _sequence_holder(served: ServedModel, sequence: SequenceTag, request: InferRequest) -> ServedModel:

@@ -1,7 +1,8 @@
 """Running ensembles in the core (runtime/ensemble/scheduler.py through Engine.infer): answers equal the
 steps run by hand; independent steps run at once and every step goes through its model's own batcher,
 batched with direct traffic; a step's failure names the step and its model and keeps its code; an
-ensemble is ready only while its models are; composing models swapped under load fail no request."""
+ensemble is ready only while its models are; composing models swapped under load fail no request; a
+stateful step keeps the ensemble's sequence."""
 from __future__ import annotations
 
 import asyncio
@@ -9,13 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
+from runtime.examples import save_model
+from runtime.examples.graph import model, tensor
 from runtime.errors import Code, ExecutionError, InvalidInput, ModelLoadError, Unavailable
 from runtime.monitoring.observer import MonitoredModel, NullObserver
 from runtime.repository import model_config as mcfg
 from runtime.types import InferRequest
 from tests.engine import InProcess, OpenEngine
 from tests.ensemble.models import CLS_CONFIG, PRE_CONFIG, cls, pre, save_ensemble, write_repository
+from tests.sequence.models import save_accumulator
 
 RAW = np.arange(12, dtype=np.float32).reshape(3, 4)
 
@@ -191,3 +196,41 @@ async def test_a_cancelled_request_takes_its_steps_out_of_their_queues(open_engi
     # Two direct requests make one full batch; a step left behind would have taken one's place.
     await asyncio.gather(infer(core, "double", X=RAW[:1]), infer(core, "double", X=RAW[1:2]))
     assert stats(core, "double") == (2, 1, {2: 1})
+
+
+TWICE_SUM = """\
+name: "twice_sum"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "RAW" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "SUM" data_type: TYPE_FP32 dims: [ 1 ] } ]
+ensemble_scheduling {
+  step [
+    { model_name: "twice" input_map { key: "X" value: "RAW" } output_map { key: "Y" value: "doubled" } },
+    { model_name: "acc" input_map { key: "INPUT" value: "doubled" } output_map { key: "OUTPUT" value: "SUM" } }
+  ]
+}
+"""
+
+
+async def test_a_stateful_step_keeps_its_sequence_and_a_stateless_one_ignores_it(open_engine: OpenEngine, tmp_path: Path) -> None:
+    """As Triton: the ensemble's sequence_id reaches every step; `twice` has no sequence batcher and runs
+    without it, the accumulator after it keeps each sequence's running sum."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["X", "X"], ["Y"])], "twice",
+        [tensor("X", TensorProto.FLOAT, ["batch", 1])], [tensor("Y", TensorProto.FLOAT, ["batch", 1])],
+    )
+    save_model(model(graph), tmp_path, "twice", config_pbtxt="max_batch_size: 8\n")
+    save_accumulator(tmp_path, "acc")
+    save_ensemble(tmp_path, "twice_sum", TWICE_SUM)
+    core = await open_engine(tmp_path)
+
+    async def step(key: int, value: float, start: bool = False, end: bool = False) -> float:
+        parameters = {"sequence_id": key, "sequence_start": start, "sequence_end": end}
+        request = InferRequest("twice_sum", "", {"RAW": np.array([[value]], np.float32)}, parameters=parameters)
+        return float((await core.engine.infer(request)).outputs["SUM"].item())
+
+    # Two sequences, interleaved: each gets the running sum of its own doubled values.
+    assert [await step(7, 1, start=True), await step(8, 10, start=True)] == [2, 20]
+    assert [await step(7, 2), await step(8, 20)] == [6, 60]
+    assert [await step(7, 3, end=True), await step(8, 30, end=True)] == [12, 120]
