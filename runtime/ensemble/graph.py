@@ -59,10 +59,10 @@ def build(spec: VersionSpec, label: str) -> Graph:
                 )
             if tensor in producers:
                 first = producers[tensor]
-                what = "also" if first != index else "twice, by another output"
+                other = "another of its outputs" if first == index else step_label(first, steps[first])
                 raise ModelLoadError(
                     f"{where}: output {quoted(output)} writes ensemble tensor {quoted(tensor)}, which "
-                    f"{step_label(first, steps[first])} {what} writes: each tensor has one producer"
+                    f"{other} also writes: each tensor has one producer"
                 )
             producers[tensor] = index
     after: list[tuple[int, ...]] = []
@@ -98,8 +98,11 @@ def build(spec: VersionSpec, label: str) -> Graph:
     order = _topological(after)
     if len(order) < len(steps):
         stuck = [i for i in range(len(steps)) if i not in set(order)]
+        cycle = _cycle(after, stuck)
+        if len(cycle) == 1:
+            raise ModelLoadError(f"{label}: {step_label(cycle[0], steps[cycle[0]])} reads a tensor it writes itself: a cycle")
         raise ModelLoadError(
-            f"{label}: the steps form a cycle: {', '.join(step_label(i, steps[i]) for i in _cycle(after, stuck))} "
+            f"{label}: the steps form a cycle: {', '.join(step_label(i, steps[i]) for i in cycle)} "
             "each wait for the next (and the last for the first)"
         )
     nodes = tuple(Node(i, steps[i], after[i]) for i in order)

@@ -52,6 +52,14 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
         ensemble("doubly_produced", [PRE, step("double", {"X": "RAW"}, {"Y": "OUT"})]),
         ("step 1 (model 'double')", "'OUT'", "step 0 (model 'pre') also writes"),
     ),
+    "two_outputs_one_tensor": (
+        ensemble("two_outputs_one_tensor", [step("pre", {"RAW": "RAW"}, {"SCALED": "OUT"}), step("cls", {"FEATURES": "OUT"}, {"SCORES": "both", "LOGITS": "both"})]),
+        ("step 1 (model 'cls')", "which another of its outputs also writes"),
+    ),
+    "reads_itself": (
+        ensemble("reads_itself", [PRE, step("double", {"X": "loop"}, {"Y": "loop"})]),
+        ("step 1 (model 'double') reads a tensor it writes itself: a cycle",),
+    ),
     "writes_an_input": (
         ensemble("writes_an_input", [PRE, step("double", {"X": "OUT"}, {"Y": "RAW"})]),
         ("step 1 (model 'double')", "'RAW'", "is an ensemble input"),
