@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from runtime.ensemble.graph import Graph, Node
 from runtime.errors import RuntimeServingError
 from runtime.model import ModelStats
+from runtime.tracing import child_traceparent
 from runtime.types import Array, InferRequest, InferResponse, RequestedOutput
 
 Infer = Callable[[InferRequest], Awaitable[InferResponse]]
@@ -59,6 +60,7 @@ async def _run_step(node: Node, request: InferRequest, tensors: dict[str, Array]
             parameters=request.parameters,  # priority, timeout: as the client asked of the ensemble
             deadline=request.deadline,
             protocol=request.protocol,
+            trace_parent=child_traceparent(request),  # a traced ensemble's steps are children of its span
         )
     )
     for output, tensor in step.output_map.items():

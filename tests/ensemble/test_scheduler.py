@@ -234,3 +234,23 @@ async def test_a_stateful_step_keeps_its_sequence_and_a_stateless_one_ignores_it
     assert [await step(7, 1, start=True), await step(8, 10, start=True)] == [2, 20]
     assert [await step(7, 2), await step(8, 20)] == [6, 60]
     assert [await step(7, 3, end=True), await step(8, 30, end=True)] == [12, 120]
+
+
+class Parents(NullObserver):
+    """The trace_parent each request arrived with, by model."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def request_started(self, request: InferRequest, model: MonitoredModel) -> None:
+        self.seen[request.model_name] = request.trace_parent
+
+
+async def test_the_steps_carry_the_callers_traceparent(open_engine: OpenEngine, tmp_path: Path) -> None:
+    # Tracing is off here, so each step passes the caller's header on (runtime.tracing.child_traceparent;
+    # a traced request's steps get a child of its span instead, tests/tracing/test_spans.py).
+    observer = Parents()
+    core = await open_engine(write_repository(tmp_path), observer=observer)
+    header = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await core.engine.infer(InferRequest("pipeline", "", {"RAW": RAW}, trace_parent=header))
+    assert observer.seen == {"pipeline": header, "pre": header, "cls": header}
