@@ -119,6 +119,7 @@ class ModelRegistry:
         self.observer: Observer = observer or NullObserver()
         self._entries: dict[str, ModelEntry] = {}
         self._pulling: set[str] = set()  # ensembles loading their composing models (_load_composing)
+        self._sequence_drains: set[asyncio.Task[None]] = set()  # retired versions finishing their live sequences
 
     @property
     def store(self) -> RepositoryStore:
@@ -162,7 +163,6 @@ class ModelRegistry:
         if declared is None or not mcfg.is_ensemble(declared):
             return None
         return {step.model_name for step in declared.ensemble_scheduling.step}
-
 
     async def load_model(self, name: str) -> None:
         """Load at start-up: a failure is recorded for the index, never raised."""
@@ -349,12 +349,26 @@ class ModelRegistry:
         for record in retiring:
             if record.served is None:
                 continue
-            try:
-                await record.served.close()
-            finally:
-                record.served = None
-                record.state = ModelState.UNAVAILABLE
-                record.reason = "unloaded"
+            sequencer = record.served.sequencer
+            if sequencer is not None and sequencer.live:
+                # Its live sequences finish on it (sequence batching): the load or unload returns now and
+                # the version is freed once the last one has ended or been released as idle.
+                task = asyncio.get_running_loop().create_task(self._close_record(record), name=f"retire:{entry.name}")
+                self._sequence_drains.add(task)
+                task.add_done_callback(self._sequence_drains.discard)
+                task.add_done_callback(_log_drain_failure)
+                continue
+            await self._close_record(record)
+
+    @staticmethod
+    async def _close_record(record: VersionRecord) -> None:
+        assert record.served is not None
+        try:
+            await record.served.close()
+        finally:
+            record.served = None
+            record.state = ModelState.UNAVAILABLE
+            record.reason = "unloaded"
 
     async def unload(self, name: str) -> None:
         check_model_name(name)
@@ -505,7 +519,12 @@ class ModelRegistry:
                 entry.retiring.append(record)
             entry.serving = {}
             entry.refresh_default()
-        await asyncio.gather(*(self._retire(entry, {}) for entry in self._entries.values()))
+        await asyncio.gather(*(self._retire(entry, {}) for entry in self._entries.values()), *self._sequence_drains)
+
+
+def _log_drain_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("retiring a sequence model version failed", exc_info=task.exception())
 
 
 async def _finish_in_thread(work: Callable[[], T]) -> T:

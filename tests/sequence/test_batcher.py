@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import Code, RuntimeServingError
+from runtime.model import ModelState
 from runtime.monitoring.collectors import RuntimeCollector
 from runtime.types import InferRequest
 from tests.engine import InProcess, OpenEngine
@@ -226,18 +227,16 @@ async def test_config_errors_name_the_field(open_engine: OpenEngine, tmp_path: P
 
 
 async def test_swap_with_live_sequences(open_engine: OpenEngine, tmp_path: Path) -> None:
-    """Live sequences finish on the version they started on; new ones start on the new version."""
+    """Live sequences finish on the version they started on; new ones start on the new version. The load
+    returns at once; the old version is freed once its last sequence has ended."""
     save_accumulator(tmp_path, "acc_swap", strategy="oldest")
     core = await open_engine(tmp_path)
     for key in (1, 2):
         response = await core.engine.infer(request("acc_swap", key, 1.0, start=True))
         assert response.model_version == "1"
+    old = core.registry.get("acc_swap", "1")
     save_accumulator(tmp_path, "acc_swap", version=2, strategy="oldest")
-    loading = asyncio.ensure_future(core.registry.load("acc_swap"))  # retiring v1 waits for its sequences
-    for _ in range(200):
-        if core.registry.ready_versions("acc_swap") == [2]:
-            break
-        await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(core.registry.load("acc_swap"), 10) == [2]
     assert core.registry.ready_versions("acc_swap") == [2]
     fresh = await core.engine.infer(request("acc_swap", 3, 10.0, start=True))
     assert fresh.model_version == "2"
@@ -245,10 +244,23 @@ async def test_swap_with_live_sequences(open_engine: OpenEngine, tmp_path: Path)
     assert "sequence 1" in again
     middle = await core.engine.infer(request("acc_swap", 1, 2.0))
     assert (middle.model_version, middle.outputs["OUTPUT"].item()) == ("1", 3.0)
-    assert not loading.done()  # version 1 still holds sequences 1 and 2
+    assert old.state is ModelState.UNLOADING  # still holding sequences 1 and 2
     for key in (1, 2):
         last = await core.engine.infer(request("acc_swap", key, 5.0, end=True))
         assert last.model_version == "1"
-    assert (await asyncio.wait_for(loading, 5)) == [2]
+    for _ in range(500):  # its close runs in the background once the last sequence ended; up to 5 s
+        if old.state is ModelState.UNAVAILABLE:
+            break
+        await asyncio.sleep(0.01)
+    assert old.state is ModelState.UNAVAILABLE and core.registry.record("acc_swap", "1").served is None
     ended = await core.engine.infer(request("acc_swap", 3, 1.0, end=True))
     assert (ended.model_version, ended.outputs["OUTPUT"].item()) == ("2", 11.0)
+
+
+async def test_shutdown_releases_live_sequences(open_engine: OpenEngine, tmp_path: Path) -> None:
+    """A server that stops does not wait out max_sequence_idle for sequences no request can continue."""
+    save_accumulator(tmp_path, "acc_stop", strategy="direct", idle_us=3_600_000_000)
+    core = await open_engine(tmp_path)
+    await core.engine.infer(request("acc_stop", 1, 1.0, start=True))
+    await asyncio.wait_for(core.registry.close(), 5)
+    assert core.registry.record("acc_stop").state is ModelState.UNAVAILABLE
