@@ -19,7 +19,8 @@ from runtime.cache import ResponseCache
 from runtime.engine import Engine, EngineApi
 from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
-from runtime.tracing import TraceControl, Tracing, control_for, start_tracing
+from runtime.tracing import Tracing, control_for, start_tracing
+from runtime.tracing.control import TraceSettingsApi
 
 
 
@@ -164,7 +165,7 @@ def protocol_servers(
     admin: AdminApi,
     *,
     reuse_port: bool = False,
-    trace_control: TraceControl | None = None,
+    trace_control: TraceSettingsApi | None = None,
 ) -> tuple[AsgiServer | None, GrpcServer | None, AsgiServer | None]:
     """The HTTP, gRPC and admin-port servers over an engine and admin (local, or a front end's remote ones)."""
     from starlette.applications import Starlette

@@ -27,7 +27,7 @@ from runtime.server.grpc.service import generic_handler, unary_handlers
 from runtime.server.http.responses import answers_errors, json_response
 from runtime.server.repository import _credential as credential
 from runtime.server.repository import _json_body as json_body
-from runtime.tracing.control import SettingValue, TraceControl
+from runtime.tracing.control import SettingValue, TraceSettingsApi
 
 
 def _setting(key: str, value: Any, where: str) -> SettingValue | None:
@@ -40,7 +40,7 @@ def _setting(key: str, value: Any, where: str) -> SettingValue | None:
     raise InvalidInput(f"{where}: {key} must be a string or a list of strings, got {value!r}")
 
 
-def http_routes(engine: EngineApi, control: TraceControl, settings: Settings) -> list[Route]:
+def http_routes(engine: EngineApi, control: TraceSettingsApi, settings: Settings) -> list[Route]:
     limit = settings.max_request_bytes
 
     @answers_errors
@@ -50,11 +50,11 @@ def http_routes(engine: EngineApi, control: TraceControl, settings: Settings) ->
         if model:
             await engine.model_ready(model, "", strict=True)  # 404 for a model the repository does not have
         if request.method == "GET":
-            return json_response(control.settings(model))
+            return json_response(await control.trace_settings(model))
         where = f"model {quoted(model)}: trace settings" if model else "trace settings"
         doc = await json_body(request, limit)
         changes = {key: _setting(key, value, where) for key, value in doc.items()}
-        return json_response(control.update(model, changes))
+        return json_response(await control.update_trace_settings(model, changes))
 
     return [
         Route("/v2/trace/setting", trace_setting, methods=["GET", "POST"]),
@@ -63,7 +63,7 @@ def http_routes(engine: EngineApi, control: TraceControl, settings: Settings) ->
 
 
 class TraceService:
-    def __init__(self, engine: EngineApi, control: TraceControl, settings: Settings) -> None:
+    def __init__(self, engine: EngineApi, control: TraceSettingsApi, settings: Settings) -> None:
         self.engine = engine
         self.control = control
         self.settings = settings
@@ -79,14 +79,14 @@ class TraceService:
             changes: dict[str, SettingValue | None] = {
                 key: list(value.value) or None for key, value in request.settings.items()
             }
-            current = self.control.update(model, changes)
+            current = await self.control.update_trace_settings(model, changes)
         else:
-            current = self.control.settings(model)
+            current = await self.control.trace_settings(model)
         reply = pb.TraceSettingResponse()
         for key, setting in current.items():
             reply.settings[key].value.extend([setting] if isinstance(setting, str) else setting)
         return reply
 
 
-def grpc_handler(engine: EngineApi, control: TraceControl, settings: Settings) -> grpc.GenericRpcHandler:
+def grpc_handler(engine: EngineApi, control: TraceSettingsApi, settings: Settings) -> grpc.GenericRpcHandler:
     return generic_handler(unary_handlers(TraceService(engine, control, settings), ("TraceSetting",)))

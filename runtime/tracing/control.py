@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Union
+from typing import Protocol, Union
 
 from runtime.errors import Code, InvalidInput, RuntimeServingError, quoted
 
@@ -23,6 +23,15 @@ LEVELS = ("OFF", "TIMESTAMPS")
 KEYS = ("trace_file", "trace_level", "trace_rate", "trace_count", "log_frequency", "trace_mode")
 READ_ONLY = {"trace_file": "", "trace_mode": "opentelemetry"}
 MAX_RATE = 2**31 - 1
+
+
+class TraceSettingsApi(Protocol):
+    """What the trace extension (runtime/server/trace.py) calls: a TraceControl in the process that makes
+    the spans, or whatever forwards to it (a --workers front end's link to the engine process)."""
+
+    async def trace_settings(self, model: str = "") -> dict[str, SettingValue]: ...
+
+    async def update_trace_settings(self, model: str, changes: Mapping[str, SettingValue | None]) -> dict[str, SettingValue]: ...
 
 
 @dataclass(slots=True)
@@ -140,6 +149,13 @@ class TraceControl:
             self._global = target
         self._rebuild(model, changes)
         return self.settings(model)
+
+    # TraceSettingsApi: the same, for the transports.
+    async def trace_settings(self, model: str = "") -> dict[str, SettingValue]:
+        return self.settings(model)
+
+    async def update_trace_settings(self, model: str, changes: Mapping[str, SettingValue | None]) -> dict[str, SettingValue]:
+        return self.update(model, changes)
 
     def _scope(self, settings: Mapping[str, SettingValue]) -> _Scope:
         return _Scope(
