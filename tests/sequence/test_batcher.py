@@ -264,3 +264,37 @@ async def test_shutdown_releases_live_sequences(open_engine: OpenEngine, tmp_pat
     await core.engine.infer(request("acc_stop", 1, 1.0, start=True))
     await asyncio.wait_for(core.registry.close(), 5)
     assert core.registry.record("acc_stop").state is ModelState.UNAVAILABLE
+
+
+async def test_direct_waits_for_its_slot_utilization(open_engine: OpenEngine, tmp_path: Path) -> None:
+    """minimum_slot_utilization 1.0 with a 10 s window: three ready slots of four wait; the fourth
+    completes the batch, and the four run as one execution."""
+    save_accumulator(
+        tmp_path, "acc_util", strategy="direct", max_batch_size=4,
+        strategy_block="max_queue_delay_microseconds: 10000000 minimum_slot_utilization: 1.0",
+    )
+    core = await open_engine(tmp_path)
+    first = [asyncio.ensure_future(core.engine.infer(request("acc_util", key, float(key), start=True))) for key in (1, 2, 3)]
+    for _ in range(20):  # let the three reach their slots
+        await asyncio.sleep(0)
+    assert not any(task.done() for task in first)
+    last = await core.engine.infer(request("acc_util", 4, 4.0, start=True))
+    results = [await asyncio.wait_for(task, 5) for task in first]
+    assert [r.outputs["OUTPUT"].item() for r in [*results, last]] == [1.0, 2.0, 3.0, 4.0]
+    stats = core.registry.get("acc_util").stats
+    assert (stats.execution_count, stats.inference_count) == (1, 4)
+
+
+async def test_oldest_closes_a_batch_at_a_preferred_size(open_engine: OpenEngine, tmp_path: Path) -> None:
+    """oldest with preferred_batch_size 4 and a 10 s window: four ready sequences run at once, as one batch."""
+    save_accumulator(
+        tmp_path, "acc_preferred", strategy="oldest",
+        strategy_block="max_candidate_sequences: 8 preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 10000000",
+    )
+    core = await open_engine(tmp_path)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(core.engine.infer(request("acc_preferred", key, float(key), start=True)) for key in range(1, 5))), 5
+    )
+    assert [r.outputs["OUTPUT"].item() for r in results] == [1.0, 2.0, 3.0, 4.0]
+    stats = core.registry.get("acc_preferred").stats
+    assert (stats.execution_count, stats.inference_count) == (1, 4)
