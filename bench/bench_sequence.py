@@ -1,7 +1,7 @@
 """Sequence batching: the `oldest` strategy against `direct` (the baseline, Triton's default) at c8 and c32.
 
 Builds `rnn` in code: a stateful cell with implicit state (STATE_OUT = tanh(INPUT W1 + STATE_IN W2),
-256 wide, fed back as STATE_IN) and a START control, and serves it three times with one config each:
+768 wide, fed back as STATE_IN) and a START control, and serves it three times with one config each:
 `direct` (each sequence pinned to a slot: 2 instances x max_batch_size 16 = 32 slots), `oldest` with
 no window, and `oldest` with a 1 ms window (batches of the oldest ready requests across up to 64
 candidate sequences). perf_analyzer drives each with --sequence-length 8 over one gRPC stream per
@@ -10,7 +10,7 @@ latency from perf_analyzer, the average batch (inference_count / execution_count
 extension over the run), server CPU per request (/proc/<pid>/stat over the run). Ratios are against
 `direct` at the same concurrency, in the same run.
 
-    python bench/bench_sequence.py              # ~1 minute; rewrites its section of bench/RESULTS.md
+    python bench/bench_sequence.py              # ~3 minutes; rewrites its section of bench/RESULTS.md
     python bench/bench_sequence.py --out /tmp/r.md --window-requests 1000
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ sys.path.insert(0, str(BENCH_DIR))
 from scaling import cpu_s  # noqa: E402
 from tests.serving import RunningServer, start_server  # noqa: E402
 
-WIDTH = 256
+WIDTH = 768
 CONCURRENCIES = (8, 32)
 BEGIN_MARKER = "<!-- bench_sequence:begin -->"
 END_MARKER = "<!-- bench_sequence:end -->"
@@ -127,6 +127,16 @@ class Row:
     average_batch: float
     server_cpu_us: float
     stable: bool = True
+    spread: tuple[float, float] = (0.0, 0.0)  # lowest and highest requests/s over the repeats
+
+
+def median_row(runs: list[Row]) -> Row:
+    """The repeat with the median requests/s, with the spread of all repeats (the box is shared and noisy)."""
+    ordered = sorted(runs, key=lambda r: r.requests_per_s)
+    middle = ordered[len(ordered) // 2]
+    middle.spread = (ordered[0].requests_per_s, ordered[-1].requests_per_s)
+    middle.stable = all(r.stable for r in runs)
+    return middle
 
 
 def measure(
@@ -168,7 +178,7 @@ def measure(
     return measured
 
 
-def markdown(rows: list[Row], command: str, window_requests: int, load_before: str) -> str:
+def markdown(rows: list[Row], command: str, window_requests: int, repeats: int, load_before: str) -> str:
     from lib.machine import busy_warning, machine_lines
     from lib.perf_analyzer import install_perf_analyzer
     from lib.report import fmt, ratio
@@ -182,17 +192,19 @@ def markdown(rows: list[Row], command: str, window_requests: int, load_before: s
         "implicit (fed back by the server), a START control; max_batch_size 16, 2 CPU instances. "
         "`rnn_direct`: `direct` (32 slots, no window); `rnn_oldest`: `oldest`, 64 candidates, no window; "
         "`rnn_oldest_1ms`: the same with max_queue_delay_microseconds 1000. perf_analyzer --sequence-length 8 "
-        f"over gRPC streaming, windows of {window_requests} requests; average batch = inference_count / execution_count "
+        f"over gRPC streaming, windows of {window_requests} requests, {repeats} repeats of the whole sweep (interleaved; "
+        "each row is the repeat with the median requests/s, the range is the lowest and highest); average batch = inference_count / execution_count "
         "(statistics extension) over the run; server CPU = the server's utime + stime over the run / requests. "
         "perf_analyzer runs on the same cores. Ratios are against `rnn_direct` at the same concurrency.",
         "",
-        "| model | concurrency | requests/s | x direct | p50 ms | p99 ms | average batch | server CPU us/request | x direct |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | concurrency | requests/s | range | x direct | p50 ms | p99 ms | average batch | server CPU us/request | x direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
     for r in rows:
         base = baseline[r.concurrency]
         lines.append(
             f"| {r.model}{'' if r.stable else ' (windows not stable)'} | {r.concurrency} | {r.requests_per_s:,.0f} | "
+            f"{r.spread[0]:,.0f}-{r.spread[1]:,.0f} | "
             f"{fmt(ratio(r.requests_per_s, base.requests_per_s), 2)} | {r.p50_us / 1000:,.2f} | {r.p99_us / 1000:,.2f} | "
             f"{r.average_batch:.1f} | {r.server_cpu_us:,.0f} | {fmt(ratio(r.server_cpu_us, base.server_cpu_us), 2)} |"
         )
@@ -203,6 +215,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
     parser.add_argument("--window-requests", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     from lib.machine import load_average
     from lib.perf_analyzer import install_perf_analyzer
@@ -217,16 +230,22 @@ def main() -> int:
         server = start_server(repository, work / "server", ["--log-level", "warning", "--intra-op-threads", "1"])
         try:
             first_id = 1
-            for concurrency in CONCURRENCIES:
-                for model in STRATEGIES:
-                    rows.append(measure(binary, server, model, concurrency, args.window_requests, work, first_id))
-                    first_id += 10**7  # perf_analyzer leaves sequences open: each run its own ids
+            runs: dict[tuple[int, str], list[Row]] = {}
+            for _ in range(args.repeats):
+                for concurrency in CONCURRENCIES:
+                    for model in STRATEGIES:
+                        row = measure(binary, server, model, concurrency, args.window_requests, work, first_id)
+                        runs.setdefault((concurrency, model), []).append(row)
+                        first_id += 10**7  # perf_analyzer leaves sequences open: each run its own ids
+            rows = [median_row(found) for found in runs.values()]
         finally:
             server.stop()
     command = "python bench/bench_sequence.py" + (
         f" --window-requests {args.window_requests}" if args.window_requests != 3000 else ""
+    ) + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+    write_section(
+        args.out, markdown(rows, command, args.window_requests, args.repeats, load_before), BEGIN_MARKER, END_MARKER, HEADING
     )
-    write_section(args.out, markdown(rows, command, args.window_requests, load_before), BEGIN_MARKER, END_MARKER, HEADING)
     print(f"written to {args.out}")
     return 0
 
