@@ -8,7 +8,10 @@
    config, statistics, infer).
 2. Serves those recorded bytes from bare servers that do nothing else (no decoding, no
    validation, no model): grpc.aio (what model-runtime's gRPC uses), grpcio's thread-pool server,
-   and a bare ASGI app on uvicorn with uvloop and httptools (what model-runtime's HTTP uses).
+   and a bare ASGI app on uvicorn with uvloop and httptools (what model-runtime's HTTP uses); where
+   `pygrpc-native` is installed, its grpc.aio-compatible server too (HTTP/2 in Rust). The grpcio
+   in use is the one on sys.path: PYTHONPATH=DIR with another grpcio in DIR measures that version,
+   for model-runtime and the bare servers alike.
 3. Drives the real server and each bare server with perf_analyzer, and reads each server
    process's CPU time from /proc: infer/s, p50/p99 and server CPU us per request.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import subprocess
@@ -124,6 +128,18 @@ class CannedSync(CannedAio):
 async def serve_aio(make_handler: Callable[[], grpc.GenericRpcHandler], port_file: Path) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((make_handler(),))  # made on the running loop (aio channels need one)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
+async def serve_native_aio(make_handler: Callable[[], grpc.GenericRpcHandler], port_file: Path) -> None:
+    """The same, on pygrpc-native's grpc.aio-compatible server (HTTP/2 and gRPC in Rust, outside the GIL)."""
+    import pygrpc_native  # optional: pip install pygrpc-native
+
+    server = pygrpc_native.aio.server()
+    server.add_generic_rpc_handlers((make_handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     port_file.write_text(str(port))
@@ -241,6 +257,11 @@ def child(mode: str, argument: str, directory: Path, port_file: Path) -> None:
 
         uvloop.install()
         asyncio.run(serve_aio(lambda: CannedAio(directory), port_file))
+    elif mode == "native-aio":
+        import uvloop
+
+        uvloop.install()
+        asyncio.run(serve_native_aio(lambda: CannedAio(directory), port_file))
     elif mode == "sync":
         serve_sync(CannedSync(directory), port_file)
     elif mode == "http-record":
@@ -310,6 +331,15 @@ def measure(
     return measured
 
 
+def native_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f", pygrpc-native {version('pygrpc-native')}"
+    except Exception:  # not installed
+        return ""
+
+
 def markdown(rows: list[Row], model: str, command: str) -> str:
     from lib.machine import machine_lines
     from lib.perf_analyzer import install_perf_analyzer
@@ -317,7 +347,8 @@ def markdown(rows: list[Row], model: str, command: str) -> str:
     lines = [
         f"_Written by `bench/transport_floor.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._",
         "", "```sh", command, "```", "",
-        *machine_lines(install_perf_analyzer(), 1), "",
+        *machine_lines(install_perf_analyzer(), 1),
+        f"- grpcio {grpc.__version__} (from {Path(grpc.__file__).parent.parent}){native_version()}", "",
         f"Model `{model}` (the example mlp without dynamic batching), batch-1 requests, perf_analyzer with "
         "binary tensors; the bare servers answer every call with bytes recorded from model-runtime. "
         "`server CPU`: the server process's CPU time (/proc) over the run, per request and as a share of one core.",
@@ -376,8 +407,10 @@ def main() -> None:
                                     args.window_ms, work, ["--streaming"]))
         finally:
             server.stop()
-        bare = (("aio", "grpc", "bare grpc.aio"), ("sync", "grpc", "bare grpc sync server (8 threads)"),
-                ("http", "http", "bare ASGI app on uvicorn+httptools"))
+        bare = [("aio", "grpc", "bare grpc.aio"), ("sync", "grpc", "bare grpc sync server (8 threads)"),
+                ("http", "http", "bare ASGI app on uvicorn+httptools")]
+        if importlib.util.find_spec("pygrpc_native") is not None:  # measured where installed
+            bare.insert(1, ("native-aio", "grpc", "bare pygrpc-native aio server"))
         for mode, protocol, label in bare:
             process, port = start_child(mode, "-", recorded, work)
             try:

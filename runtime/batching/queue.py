@@ -12,7 +12,8 @@ The window (Window.ADAPTIVE, the default) also closes early when waiting cannot 
   back (never longer than max_delay). Like Clipper's adaptive batching this learns from what the
   traffic did, but it adapts the wait rather than the batch size: the size cap stays Triton's.
 - the next request is not due within the window: the moving average of the gaps between arrivals is
-  at least max_delay (fewer than one arrival per window), so the next one, counted from the last
+  at least max_delay (fewer than one arrival per window; each gap counts at most 2 x max_delay, so
+  one stall does not flip it), so the next one, counted from the last
   arrival, comes after the oldest request's window ends. Only a low arrival rate makes this true:
   under load the average gap is a fraction of the window (bursts of closed-loop clients included,
   whose long gap between bursts is averaged with the short ones), and the peak rule decides.
@@ -336,7 +337,9 @@ class BatchQueue(Generic[P, R]):
             self._peak_until = now + PEAK_MEMORY_S
         self._peak_rows = max(self._peak_rows, self._queued_rows + self._running_rows)
         if self._last_arrival is not None:
-            gap = now - self._last_arrival
+            # Capped at twice the window: below one arrival per window is still seen as such, while
+            # one stall (the loop or the client starved of CPU) moves the average by a quarter window.
+            gap = min(now - self._last_arrival, 2 * self.policy.max_delay_s)
             self._gap_s = gap if self._gap_s is None else self._gap_s + (gap - self._gap_s) * _GAP_WEIGHT
         self._last_arrival = now
 

@@ -337,6 +337,21 @@ async def test_company_not_due_within_the_window_is_not_waited_for(window_s: flo
         assert recorder.batches[-1] == ["c0", "c1"]
 
 
+async def test_one_stall_does_not_make_a_busy_version_stop_waiting() -> None:
+    recorder = Recorder()
+    clock = Clock()
+    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=0.01), recorder, clock=clock)
+    await asyncio.gather(*(queue.submit(f"a{i}", 1) for i in range(4)))  # the peak is 4, the gaps 0
+    clock.now += 0.09  # a 90 ms stall: counted as 20 ms (2 windows), the average gap is 2.5 ms
+    second = [asyncio.ensure_future(queue.submit("b0", 1))]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not second[0].done()  # still below one window: wait for the other three
+    second += [asyncio.ensure_future(queue.submit(f"b{i}", 1)) for i in range(1, 4)]
+    await asyncio.gather(*second)
+    assert recorder.batches[-1] == ["b0", "b1", "b2", "b3"]
+
+
 def test_the_window_parameter() -> None:
     assert window_of({}, "model 'm'") is Window.ADAPTIVE
     assert window_of({"batch_window": " Fixed "}, "model 'm'") is Window.FIXED
