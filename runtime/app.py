@@ -21,6 +21,7 @@ from runtime.repository.registry import ModelRegistry
 from runtime.repository.store import RepositoryStore
 from runtime.tracing import Tracing, control_for, start_tracing
 from runtime.tracing.control import TraceSettingsApi
+from runtime.tracing.logs import LogControl, LogSettingsApi
 
 
 
@@ -153,10 +154,9 @@ def metrics_endpoint(settings: Settings, core: Core) -> AsgiServer | None:
     )
 
 
-FRONT_END_TRACES = (
-    "with --workers N the spans are made in the engine process, and trace settings cannot be changed "
-    "through a front end yet; restart with --trace-level / --trace-rate"
-)
+def log_control_for(settings: Settings) -> LogControl:
+    """This process's logging settings, as configure_logging set them up (the logging extension's)."""
+    return LogControl(settings.log_format, JsonFormatter)
 
 
 def protocol_servers(
@@ -166,12 +166,12 @@ def protocol_servers(
     *,
     reuse_port: bool = False,
     trace_control: TraceSettingsApi | None = None,
+    log_control: LogSettingsApi | None = None,
 ) -> tuple[AsgiServer | None, GrpcServer | None, AsgiServer | None]:
     """The HTTP, gRPC and admin-port servers over an engine and admin (local, or a front end's remote ones)."""
     from starlette.applications import Starlette
 
     from runtime.server import logging_ext, repository, shm, stats, trace
-    from runtime.tracing.logs import LogControl
     from runtime.server.asgi import AsgiServer
     from runtime.server.grpc.server import GrpcServer
     from runtime.server.http.app import build_app, openapi_route
@@ -179,10 +179,10 @@ def protocol_servers(
     engine = shm.guarded(engine)  # a remote engine that does not forward shared memory refuses it
     # With --admin-port the admin API lives only there (HTTP), never on the public ports.
     public_admin = settings.admin_port is None
-    # Trace settings are the engine's; a front end (no trace_control) reports the start-up ones and
-    # refuses changes, which would not reach the engine process. Logging settings are this process's.
-    traces = trace_control if trace_control is not None else control_for(settings, frozen=FRONT_END_TRACES)
-    logs = LogControl(settings.log_format, JsonFormatter)
+    # Trace settings are those of the process that makes the spans (a front end passes its link to the
+    # engine's); logging settings are every process's (a front end passes a link that changes them all).
+    traces = trace_control if trace_control is not None else control_for(settings)
+    logs = log_control if log_control is not None else log_control_for(settings)
     http_extensions = [
         *trace.http_routes(engine, traces, settings),
         *logging_ext.http_routes(logs, settings),

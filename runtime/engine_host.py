@@ -40,6 +40,9 @@ from runtime.ipc.channel import Channel, ChannelClosed, ChannelServer, Message
 from runtime.ipc.slab import Slab
 from runtime.ipc.tensors import read_tensors, write_tensors
 from runtime.repository.model_config import config_to_json
+from runtime.tracing import control_for
+from runtime.tracing.control import TraceSettingsApi
+from runtime.tracing.logs import LogControl
 from runtime.types import InferRequest, RequestedOutput, SharedInput, SharedMemoryRef
 
 log = logging.getLogger("runtime.engine_host")
@@ -200,9 +203,11 @@ def shared_input(datatype: str, shape: list[int], region: str, byte_size: int, o
 class EngineHost:
     """The ops the front ends call, on the engine and admin of this process."""
 
-    def __init__(self, engine: Engine, admin: Admin) -> None:
+    def __init__(self, engine: Engine, admin: Admin, traces: TraceSettingsApi, logs: LogControl) -> None:
         self.engine = engine
         self.admin = admin
+        self.traces = traces  # the trace extension's settings: this process makes the spans
+        self.logs = logs  # this process's logging; a change through any front end reaches every process
         self.sessions: set[Session] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._ops: dict[str, Callable[[Message], Awaitable[Any]]] = {
@@ -223,6 +228,9 @@ class EngineHost:
             ),
             "engine.cuda_shm_status": self._cuda_shm_status,
             "engine.cuda_shm_unregister": lambda m: engine.cuda_shm_unregister(m.get("name", "")),
+            "engine.trace_settings": lambda m: self.traces.trace_settings(m.get("model", "")),
+            "engine.trace_update": lambda m: self.traces.update_trace_settings(m.get("model", ""), m.get("changes") or {}),
+            "engine.log_update": self._log_update,
             "admin.index": self._index,
             "admin.load": self._load,
             "admin.unload": lambda m: admin.unload(m["name"]),
@@ -257,6 +265,14 @@ class EngineHost:
 
     async def _cuda_shm_status(self, m: Message) -> Any:
         return [dataclasses.asdict(s) for s in await self.engine.cuda_shm_status(m.get("name", ""))]
+
+    async def _log_update(self, m: Message) -> Any:
+        """The front end that took the change has checked and applied it; here, then every front end."""
+        changes = m.get("changes") or {}
+        settings = self.logs.update(changes)
+        for session in list(self.sessions):
+            session.reply({"op": "log_settings", "changes": changes})
+        return settings
 
     async def _index(self, m: Message) -> Any:
         return [dataclasses.asdict(row) for row in await self.admin.index(bool(m.get("ready", False)))]
@@ -318,12 +334,22 @@ def _close_fds(fds: list[int]) -> None:
 
 async def serve_engine(settings: Settings, address: str) -> int:
     """The engine process: load the models, serve the metrics port and the front ends' channels until SIGTERM."""
-    from runtime.app import _exit_now, begin_drain, close_core, metrics_endpoint, start_core, start_poller, start_servers
+    from runtime.app import (
+        _exit_now,
+        begin_drain,
+        close_core,
+        log_control_for,
+        metrics_endpoint,
+        start_core,
+        start_poller,
+        start_servers,
+    )
 
     log.info("model-runtime %s engine process; codec implementation: %s", __version__, codec.IMPLEMENTATION)
     core = await start_core(settings)
     registry, engine = core.registry, core.engine
-    host = EngineHost(engine, core.admin)
+    traces = core.tracing.control if core.tracing is not None else control_for(settings)
+    host = EngineHost(engine, core.admin, traces, log_control_for(settings))
     poller = start_poller(registry, settings)
     metrics_server = metrics_endpoint(settings, core)
     ready = await start_servers({"metrics": metrics_server})
@@ -347,6 +373,8 @@ async def serve_engine(settings: Settings, address: str) -> int:
     drained = not host.in_flight()
     await server.close()
     closed = await close_core(registry, metrics_server, deadline)
+    if core.tracing is not None:
+        await core.tracing.flush(deadline)  # the spans still buffered for the exporter
     status = 0 if closed and drained else 1
     if status:
         log.error("grace period (%.0fs) over with requests unfinished; they were cancelled", settings.exit_timeout_secs)

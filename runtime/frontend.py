@@ -18,6 +18,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ from runtime.ipc.tensors import read_tensors, write_tensors
 from runtime.repository.model_config import ModelConfig, config_from_json
 from runtime.shm import CudaRegionStatus, SystemRegionStatus
 from runtime.statistics import BatchStatistics, Duration, ModelStatistics
+from runtime.tracing.control import SettingValue
+from runtime.tracing.logs import LogControl, LogValue
 from runtime.types import InferRequest, InferResponse, RequestedOutput, SharedInput, TensorSpec
 
 log = logging.getLogger("runtime.frontend")
@@ -224,6 +227,45 @@ def shared_inputs_descriptor(shared: dict[str, SharedInput]) -> dict[str, list[A
     }
 
 
+class RemoteTraceSettings:
+    """The trace extension's settings over the channel: they are the engine's, where the spans are made."""
+
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+
+    async def trace_settings(self, model: str = "") -> dict[str, SettingValue]:
+        settings: dict[str, SettingValue] = await _call(self.caller, "engine.trace_settings", model=model)
+        return settings
+
+    async def update_trace_settings(self, model: str, changes: Mapping[str, SettingValue | None]) -> dict[str, SettingValue]:
+        settings: dict[str, SettingValue] = await _call(self.caller, "engine.trace_update", model=model, changes=dict(changes))
+        return settings
+
+
+class RemoteLogSettings:
+    """The logging extension with --workers N: a change goes to the engine process, which applies it and
+    sends it on to every front end (the "log_settings" notice), so every process logs alike."""
+
+    def __init__(self, caller: Caller, local: LogControl) -> None:
+        self.caller = caller
+        self.local = local
+
+    async def log_settings(self) -> dict[str, LogValue]:
+        return self.local.settings()
+
+    async def update_log_settings(self, changes: Mapping[str, object]) -> dict[str, LogValue]:
+        self.local.update(changes)  # checks every change here first: a bad one goes nowhere
+        await _call(self.caller, "engine.log_update", changes=dict(changes))
+        return self.local.settings()
+
+
+
+def apply_notice(logs: LogControl, message: Message) -> None:
+    """A notice the engine pushes to every front end: "log_settings" (a change made through any of them)."""
+    if message.get("op") == "log_settings":
+        logs.update(message.get("changes") or {})
+
+
 class RemoteAdmin:
     """runtime.admin.AdminApi over the channel; the token check stays here (the settings hold it)."""
 
@@ -281,6 +323,8 @@ class Connection:
     responses: Slab
     engine: RemoteEngine
     admin: RemoteAdmin
+    traces: RemoteTraceSettings
+    logs: RemoteLogSettings
 
     async def close(self) -> None:
         await self.caller.close()
@@ -315,8 +359,20 @@ async def connect(settings: Settings, engine_address: str, index: int) -> Connec
         requests.close()
         responses.close()
         raise
-    caller = Caller(channel)
-    return Connection(caller, requests, responses, RemoteEngine(caller, requests, responses), RemoteAdmin(caller, settings))
+    from runtime.app import log_control_for
+
+    local_logs = log_control_for(settings)
+    caller = Caller(channel, on_message=lambda message: apply_notice(local_logs, message))
+    logs = RemoteLogSettings(caller, local_logs)
+    return Connection(
+        caller,
+        requests,
+        responses,
+        RemoteEngine(caller, requests, responses),
+        RemoteAdmin(caller, settings),
+        RemoteTraceSettings(caller),
+        logs,
+    )
 
 
 async def serve_frontend(settings: Settings, engine_address: str, index: int) -> int:
@@ -324,7 +380,9 @@ async def serve_frontend(settings: Settings, engine_address: str, index: int) ->
     from runtime.app import _exit_now, begin_drain, protocol_servers, start_servers, stop_protocol_servers
 
     link = await connect(settings, engine_address, index)
-    http, grpc_server, admin_server = protocol_servers(settings, link.engine, link.admin, reuse_port=True)
+    http, grpc_server, admin_server = protocol_servers(
+        settings, link.engine, link.admin, reuse_port=True, trace_control=link.traces, log_control=link.logs
+    )
     ports = await start_servers({"admin": admin_server, "http": http, "grpc": grpc_server})
     log.info("front end %d serving: HTTP %s, gRPC %s", index, ports["http"], ports["grpc"])
     sys.stdout.write("READY " + json.dumps(ports) + "\n")

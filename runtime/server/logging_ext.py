@@ -22,22 +22,22 @@ from runtime.server.grpc.service import generic_handler, unary_handlers
 from runtime.server.http.responses import answers_errors, json_response
 from runtime.server.repository import _credential as credential
 from runtime.server.repository import _json_body as json_body
-from runtime.tracing.logs import LogControl
+from runtime.tracing.logs import LogSettingsApi
 
 
-def http_routes(control: LogControl, settings: Settings) -> list[Route]:
+def http_routes(control: LogSettingsApi, settings: Settings) -> list[Route]:
     @answers_errors
     async def logging_settings(request: Request) -> Response:
         check_token(settings, request.headers.get("authorization"))
         if request.method == "GET":
-            return json_response(control.settings())
-        return json_response(control.update(await json_body(request, settings.max_request_bytes)))
+            return json_response(await control.log_settings())
+        return json_response(await control.update_log_settings(await json_body(request, settings.max_request_bytes)))
 
     return [Route("/v2/logging", logging_settings, methods=["GET", "POST"])]
 
 
 class LogService:
-    def __init__(self, control: LogControl, settings: Settings) -> None:
+    def __init__(self, control: LogSettingsApi, settings: Settings) -> None:
         self.control = control
         self.settings = settings
 
@@ -50,9 +50,9 @@ class LogService:
                 key: getattr(value, choice) if (choice := value.WhichOneof("parameter_choice")) else None
                 for key, value in request.settings.items()
             }
-            current = self.control.update(changes)
+            current = await self.control.update_log_settings(changes)
         else:
-            current = self.control.settings()
+            current = await self.control.log_settings()
         reply = pb.LogSettingsResponse()
         for key, setting in current.items():
             if isinstance(setting, bool):
@@ -64,5 +64,5 @@ class LogService:
         return reply
 
 
-def grpc_handler(control: LogControl, settings: Settings) -> grpc.GenericRpcHandler:
+def grpc_handler(control: LogSettingsApi, settings: Settings) -> grpc.GenericRpcHandler:
     return generic_handler(unary_handlers(LogService(control, settings), ("LogSettings",)))

@@ -55,12 +55,12 @@ class Tracing:
             log.warning("tracing: spans not exported within the grace period were dropped")
 
 
-def control_for(settings: Any, exporting: bool | None = None, frozen: str = "") -> TraceControl:
+def control_for(settings: Any, exporting: bool | None = None) -> TraceControl:
     """The trace settings the start-up flags give (exporting: whether an exporter is configured)."""
     if exporting is None:
         exporting = getattr(settings, "trace_otlp_endpoint", None) is not None
     level = "TIMESTAMPS" if getattr(settings, "trace_level", "timestamps") == "timestamps" else "OFF"
-    return TraceControl(level, int(getattr(settings, "trace_rate", 1000)), exporting=exporting, frozen=frozen)
+    return TraceControl(level, int(getattr(settings, "trace_rate", 1000)), exporting=exporting)
 
 
 def start_tracing(settings: Any, inner: Observer | None, exporter: Any = None) -> Tracing:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, Union
 
-from runtime.errors import Code, InvalidInput, RuntimeServingError, quoted
+from runtime.errors import InvalidInput, quoted
 
 SettingValue = Union[str, list[str]]
 LEVELS = ("OFF", "TIMESTAMPS")
@@ -94,11 +94,9 @@ def _normalise(key: str, value: SettingValue, where: str) -> SettingValue:
 class TraceControl:
     """The trace settings of this process and the per-request sampling decision."""
 
-    def __init__(self, level: str = "OFF", rate: int = 1000, exporting: bool = False, frozen: str = "") -> None:
+    def __init__(self, level: str = "OFF", rate: int = 1000, exporting: bool = False) -> None:
         # Without an exporter there is nowhere to send spans: levels other than OFF are refused.
         self.exporting = exporting
-        # Why these settings cannot change here ("" : they can), e.g. a front end's copy of the engine's.
-        self.frozen = frozen
         self._defaults: dict[str, SettingValue] = {
             "trace_file": "",
             "trace_level": _level(level, "--trace-level"),
@@ -127,8 +125,6 @@ class TraceControl:
     def update(self, model: str, changes: Mapping[str, SettingValue | None]) -> dict[str, SettingValue]:
         """Apply `changes` (None clears a key) to `model`'s settings or the global ones; all or nothing."""
         where = f"model {quoted(model)}" if model else "trace settings"
-        if self.frozen:
-            raise RuntimeServingError(f"{where}: {self.frozen}", Code.FAILED_PRECONDITION)
         target = dict(self._models.get(model, {})) if model else dict(self._global)
         for key, value in changes.items():
             if value is None:

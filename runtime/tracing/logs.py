@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Union
+from typing import Protocol, Union
 
 from runtime.errors import InvalidInput, quoted
 
@@ -39,6 +39,15 @@ class _LevelFilter(logging.Filter):
         if level >= logging.INFO:
             return self.info
         return self.verbose > 0
+
+
+class LogSettingsApi(Protocol):
+    """What the logging extension (runtime/server/logging_ext.py) calls: this process's LogControl, or a
+    --workers front end's link that applies a change in every process."""
+
+    async def log_settings(self) -> dict[str, LogValue]: ...
+
+    async def update_log_settings(self, changes: Mapping[str, object]) -> dict[str, LogValue]: ...
 
 
 class LogControl:
@@ -108,6 +117,13 @@ class LogControl:
         elif root.level < logging.INFO:
             root.setLevel(max(self._level_before, logging.INFO))
         return self.settings()
+
+    # LogSettingsApi: the same, for the transports.
+    async def log_settings(self) -> dict[str, LogValue]:
+        return self.settings()
+
+    async def update_log_settings(self, changes: Mapping[str, object]) -> dict[str, LogValue]:
+        return self.update(changes)
 
     def _install(self) -> None:
         if not self._installed:

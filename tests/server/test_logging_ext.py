@@ -16,9 +16,11 @@ TOKEN = "log-admin-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with running_server(None, tmp_path_factory.mktemp("logging-ext"), ["--admin-token", TOKEN]) as running:
+@pytest.fixture(scope="module", params=[1, 3], ids=["workers1", "workers3"])
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    with running_server(
+        None, tmp_path_factory.mktemp("logging-ext"), ["--admin-token", TOKEN], workers=request.param
+    ) as running:
         yield running
 
 
@@ -62,3 +64,17 @@ def test_bad_settings_and_missing_tokens_are_refused(server: RunningServer, prot
     with pytest.raises(InferenceServerException) as refused:
         settings(server, protocol, headers={})
     assert refused.value.status() == {"http": "401", "grpc": "StatusCode.UNAUTHENTICATED"}[protocol]
+
+
+def test_a_change_reaches_every_process(server: RunningServer) -> None:
+    """With --workers N a change through one front end is made in every process (through the engine):
+    every fresh connection, whichever front end SO_REUSEPORT gives it, reads it."""
+    settings(server, "http", {"log_warning": False, "log_verbose_level": 1})
+    try:
+        for _ in range(12):
+            for protocol in ("http", "grpc"):
+                current = settings(server, protocol)
+                assert (current["log_warning"], current["log_verbose_level"]) == (False, 1), protocol
+    finally:
+        settings(server, "http", {"log_warning": True, "log_verbose_level": 0})
+    assert settings(server, "grpc")["log_verbose_level"] == 0

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
 
 from runtime.examples import save_model
 from tests.models import build_identity
@@ -73,14 +72,31 @@ def test_spans_arrive_as_children_of_the_callers_span(traced: tuple[RunningServe
 
 
 def test_trace_settings_are_the_engines(traced: tuple[RunningServer, Collector, int]) -> None:
-    """In one process the extension changes the settings the spans follow; a front end of --workers N
-    reports the start-up settings and refuses changes that could not reach the engine process."""
-    server, _, workers = traced
+    """The extension changes the settings the spans follow: in one process, and with --workers N through
+    any front end (they forward to the engine process): every fresh connection, whichever front end
+    takes it, reads the change, and a request's spans follow it."""
+    server, collector, _ = traced
     with httpclient.InferenceServerClient(server.http_url) as client:
         assert client.get_trace_settings()["trace_rate"] == "1"
-        if workers == 1:
-            assert client.update_trace_settings(settings={"trace_rate": "1"})["trace_rate"] == "1"
-            return
-        with pytest.raises(InferenceServerException) as refused:
-            client.update_trace_settings(settings={"trace_rate": "5"})
-    assert refused.value.status() == "409" and "cannot be changed through a front end" in refused.value.message()
+        assert client.update_trace_settings(settings={"trace_level": ["OFF"]})["trace_level"] == ["OFF"]
+    try:
+        for _ in range(12):  # fresh connections: SO_REUSEPORT spreads them over the front ends
+            with httpclient.InferenceServerClient(server.http_url) as client:
+                assert client.get_trace_settings()["trace_level"] == ["OFF"]
+            with grpcclient.InferenceServerClient(server.grpc_url) as grpc_client:
+                assert list(grpc_client.get_trace_settings().settings["trace_level"].value) == ["OFF"]
+        header, trace_id, _ = _traceparent()
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+            tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+            client.infer("ident", [tensor], headers={"traceparent": header})
+    finally:
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]})
+    marker, marker_trace, _ = _traceparent()  # traced again: its spans arrive, and the untraced one's did not
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        client.infer("ident", [tensor], headers={"traceparent": marker})
+    collector.wait_for(_in_trace(marker_trace), "the request's spans after tracing was turned back on")
+    assert not [s for s in collector.spans() if s.trace_id == trace_id]
