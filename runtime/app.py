@@ -176,7 +176,6 @@ def protocol_servers(
     from runtime.server.grpc.server import GrpcServer
     from runtime.server.http.app import build_app, openapi_route
 
-    engine = shm.guarded(engine)  # a remote engine that does not forward shared memory refuses it
     # With --admin-port the admin API lives only there (HTTP), never on the public ports.
     public_admin = settings.admin_port is None
     # Trace settings are those of the process that makes the spans (a front end passes its link to the

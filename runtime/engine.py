@@ -20,7 +20,7 @@ from runtime.repository.model_config import ModelConfig, config_message, public_
 from runtime.repository.registry import ModelRegistry, VersionRecord
 from runtime.sequence import SequenceTag, sequence_tag
 from runtime.sequence.request import PARAMETERS as SEQUENCE_PARAMETERS
-from runtime.shm import CudaRegionStatus, Lease, RegionTable, SystemRegionStatus
+from runtime.shm import CudaRegionStatus, Lease, RegionTable, SharedMemoryApi, SystemRegionStatus
 from runtime.statistics import ModelStatistics
 from runtime.types import Array, InferRequest, InferResponse, RequestedOutput, TensorSpec
 
@@ -48,9 +48,9 @@ class ModelMetadata:
     execution_providers: list[str]
 
 
-class EngineApi(Protocol):
+class EngineApi(SharedMemoryApi, Protocol):
     """What the transports call: the Engine in this process, or a front end's RemoteEngine (runtime/frontend.py)
-    that forwards each call to the engine process."""
+    that forwards each call to the engine process (Triton's shared-memory calls included)."""
 
     async def live(self) -> bool: ...
     async def ready(self) -> bool: ...

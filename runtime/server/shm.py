@@ -20,94 +20,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from runtime.config import Settings
-from runtime.engine import EngineApi, ModelMetadata
-from runtime.errors import InvalidInput, Unavailable, quoted
+from runtime.errors import InvalidInput, quoted
 from runtime._pb import grpc_service_pb2 as pb
 from runtime.server.grpc.converters import parse
 from runtime.server.grpc.service import answers_errors as grpc_answers_errors
 from runtime.server.grpc.service import generic_handler, unary_handlers
 from runtime.server.http.responses import answers_errors, json_response
 from runtime.server.repository import _json_body
-from runtime.repository.model_config import ModelConfig
 from runtime.shm import CudaRegionStatus, SharedMemoryApi, SystemRegionStatus
-from runtime.statistics import ModelStatistics
-from runtime.types import InferRequest, InferResponse
-
-
-class NotForwarded:
-    """In a front end whose engine lives in another process and does not take shared-memory calls."""
-
-    async def _refuse(self) -> Any:
-        raise Unavailable("shared memory is not available through this front end: its engine process does not take it")
-
-    async def system_shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        await self._refuse()
-
-    async def system_shm_status(self, name: str = "") -> list[SystemRegionStatus]:
-        return []
-
-    async def system_shm_unregister(self, name: str = "") -> None:
-        return None
-
-    async def cuda_shm_register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
-        await self._refuse()
-
-    async def cuda_shm_status(self, name: str = "") -> list[CudaRegionStatus]:
-        return []
-
-    async def cuda_shm_unregister(self, name: str = "") -> None:
-        return None
-
-
-def api_of(engine: object) -> SharedMemoryApi:
-    """The engine's shared-memory calls, where it has them (the Engine does; a remote engine may not)."""
-    return engine if isinstance(engine, SharedMemoryApi) else NotForwarded()
-
-
-class RefusingSharedMemory:
-    """An engine without shared-memory calls (a front end's remote engine that does not forward them),
-    whose requests naming shared memory are refused: never answered as if the outputs were written."""
-
-    def __init__(self, engine: EngineApi) -> None:
-        self.engine = engine
-
-    async def live(self) -> bool:
-        return await self.engine.live()
-
-    async def ready(self) -> bool:
-        return await self.engine.ready()
-
-    async def model_ready(self, name: str, version: str = "", *, strict: bool = False) -> bool:
-        return await self.engine.model_ready(name, version, strict=strict)
-
-    async def server_metadata(self) -> tuple[str, str, list[str]]:
-        name, version, extensions = await self.engine.server_metadata()
-        return name, version, [e for e in extensions if not e.endswith("_shared_memory")]
-
-    async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
-        return await self.engine.model_metadata(name, version)
-
-    async def model_config(self, name: str, version: str = "") -> ModelConfig:
-        return await self.engine.model_config(name, version)
-
-    async def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
-        return await self.engine.statistics(name, version)
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        named = [(f"input {quoted(name)}", shared.memory) for name, shared in (request.shared_inputs or {}).items()]
-        named += [(f"output {quoted(out.name)}", out.shared_memory) for out in request.requested_outputs or () if out.shared_memory]
-        if named:
-            tensor, memory = named[0]
-            raise InvalidInput(
-                f"{tensor}: shared-memory region {quoted(memory.region)} cannot be used through this front end: "
-                "its engine process does not take shared memory (run with --workers 1)"
-            )
-        return await self.engine.infer(request)
-
-
-def guarded(engine: EngineApi) -> EngineApi:
-    """The engine the transports should call: itself where it reads shared memory, else one refusing it."""
-    return engine if isinstance(engine, SharedMemoryApi) else RefusingSharedMemory(engine)
 
 
 # ---- HTTP ---------------------------------------------------------------------------------------
@@ -132,8 +52,7 @@ def _field(doc: dict[str, Any], key: str, kind: type, where: str, default: Any =
     return value
 
 
-def http_routes(engine: object, settings: Settings) -> list[Route]:
-    api = api_of(engine)
+def http_routes(api: SharedMemoryApi, settings: Settings) -> list[Route]:
     limit = settings.max_request_bytes
 
     @answers_errors
@@ -266,5 +185,5 @@ METHODS = (
 )
 
 
-def grpc_handler(engine: object) -> grpc.GenericRpcHandler:
-    return generic_handler(unary_handlers(SharedMemoryService(api_of(engine)), METHODS))
+def grpc_handler(api: SharedMemoryApi) -> grpc.GenericRpcHandler:
+    return generic_handler(unary_handlers(SharedMemoryService(api), METHODS))
