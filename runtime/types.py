@@ -58,6 +58,13 @@ def datatype_of(array: Array) -> str:
         raise TypeError(f"numpy dtype {array.dtype} has no V2 datatype") from None
 
 
+def placeholder(dtype: np.dtype[Any], shape: tuple[int, ...]) -> Array:
+    """An array of `dtype` and `shape` that holds no memory (every element is one zero, or b""): what an
+    answer carries for an output written into the client's shared memory."""
+    fill: Array = np.array(b"", dtype=object) if dtype.kind == "O" else np.zeros((), dtype=dtype)
+    return np.broadcast_to(fill, shape)
+
+
 @dataclass(slots=True, frozen=True)
 class SharedMemoryRef:
     """Where a tensor lives in a registered shared-memory region (Triton's shared-memory extensions):

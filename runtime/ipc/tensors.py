@@ -14,7 +14,7 @@ import numpy as np
 
 from runtime import codec
 from runtime.ipc.slab import Slab
-from runtime.types import DATATYPE_TO_NUMPY, Array, datatype_of
+from runtime.types import DATATYPE_TO_NUMPY, Array, datatype_of, placeholder
 
 __all__ = ["TensorRef", "read_tensors", "write_tensors"]
 
@@ -72,11 +72,9 @@ def write_tensors(
 
 def _placeholder(name: str, datatype: str, dims: tuple[int, ...]) -> Array:
     try:
-        dtype = DATATYPE_TO_NUMPY[datatype]
+        return placeholder(DATATYPE_TO_NUMPY[datatype], dims)
     except KeyError:
         raise ValueError(f"tensor {name!r}: unknown datatype {datatype!r}") from None
-    fill = np.array(b"", dtype=object) if dtype.kind == "O" else np.zeros((), dtype=dtype)
-    return np.broadcast_to(fill, dims)
 
 
 def _count(shape: Sequence[int]) -> int:

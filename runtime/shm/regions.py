@@ -25,7 +25,7 @@ from runtime import codec
 from runtime.errors import Code, InvalidInput, RuntimeServingError, quoted
 from runtime.shm.cuda import CudaRegion
 from runtime.tensors import array_from_raw
-from runtime.types import Array, InferRequest, SharedInput, SharedMemoryRef, datatype_of
+from runtime.types import Array, InferRequest, SharedInput, SharedMemoryRef, datatype_of, placeholder
 
 SHM_DIRECTORY = "/dev/shm"  # where glibc's shm_open keeps its objects on Linux
 ALLOW_FLAG = "--allow-client-shm"
@@ -339,5 +339,4 @@ def _write(region: SystemRegion, memory: SharedMemoryRef, name: str, array: Arra
 
 def stand_in(array: Array) -> Array:
     """An array of the same dtype and shape that holds no memory (every element is one zero)."""
-    fill: Array = np.zeros((), dtype=array.dtype) if array.dtype.kind != "O" else np.array(b"", dtype=object)
-    return np.broadcast_to(fill, array.shape)
+    return placeholder(array.dtype, array.shape)
