@@ -185,6 +185,29 @@ def test_bad_sequence_requests(either: Client) -> None:
     either.infer("acc_oldest", tensor, sequence_id=base + 2, sequence_end=True)
 
 
+def test_bad_sequence_requests_in_a_stream(server: RunningServer) -> None:
+    """Over ModelStreamInfer each refusal is an error message in the stream, naming the sequence, and the
+    stream carries on."""
+    answers: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        def send(key: int, **flags: Any) -> Any:
+            client.async_stream_infer("acc_oldest", [value_input(grpcclient, 1.0)], sequence_id=key, **flags)
+            return answers.get(timeout=30)
+
+        unknown = send(70_001)
+        assert isinstance(unknown, Exception) and "sequence 70001" in str(unknown) and "START flag" in str(unknown)
+        assert not isinstance(send(70_002, sequence_start=True), Exception)
+        twice = send(70_002, sequence_start=True)
+        assert isinstance(twice, Exception) and "already live" in str(twice)
+        ended = send(70_002, sequence_end=True)
+        assert not isinstance(ended, Exception) and ended.as_numpy("OUTPUT")[0, 0] == 2.0
+    finally:
+        client.stop_stream()
+        client.close()
+
+
 def http_infer(server: RunningServer, parameters: dict[str, Any]) -> tuple[int, str]:
     body = json.dumps({
         "inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}], "parameters": parameters,
@@ -267,3 +290,59 @@ def test_idle_sequences_are_released_and_counted(either: Client, server: Running
     ended = scrape(server.metrics_url)
     assert ended.value("model_runtime_sequence_ends_total", model="acc_idle", version="1") >= 1
 
+
+
+SWAP_TOKEN = "sequence-swap-token"
+
+
+def test_swap_with_live_sequences_over_the_wire(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """tritonclient: two sequences live on version 1 (one of them on a gRPC stream), version 2 loaded
+    through the repository API: the load returns, both sequences finish on version 1 with their own
+    sums, a new sequence starts on version 2, and version 1 is unloaded once they have ended."""
+    repo = tmp_path_factory.mktemp("swap-repo")
+    save_accumulator(repo, "acc_swap", strategy="oldest")
+    auth = {"Authorization": f"Bearer {SWAP_TOKEN}"}
+    flags = ["--model-control-mode", "explicit", "--load-model", "acc_swap", "--admin-token", SWAP_TOKEN]
+    with running_server(repo, tmp_path_factory.mktemp("swap-server"), flags) as server:
+        http = httpclient.InferenceServerClient(server.http_url)
+        answers: queue.Queue[Any] = queue.Queue()
+        stream = grpcclient.InferenceServerClient(server.grpc_url)
+        stream.start_stream(callback=lambda result, error: answers.put(error or result))
+        try:
+            def on_stream(value: float, **flags: Any) -> Any:
+                stream.async_stream_infer("acc_swap", [value_input(grpcclient, value)], sequence_id=2, **flags)
+                answer = answers.get(timeout=30)
+                assert not isinstance(answer, Exception), answer
+                return answer
+
+            def on_http(key: int, value: float, **flags: Any) -> Any:
+                return http.infer("acc_swap", [value_input(httpclient, value)], sequence_id=key, **flags)
+
+            def version_and_sum(result: Any) -> tuple[str, float]:
+                response = result.get_response()
+                version = response["model_version"] if isinstance(response, dict) else response.model_version
+                return version, float(result.as_numpy("OUTPUT")[0, 0])
+
+            assert version_and_sum(on_http(1, 1.0, sequence_start=True)) == ("1", 1.0)
+            assert version_and_sum(on_stream(10.0, sequence_start=True)) == ("1", 10.0)
+            save_accumulator(repo, "acc_swap", version=2, strategy="oldest")
+            http.load_model("acc_swap", headers=auth)  # returns while version 1 still holds both sequences
+            assert version_and_sum(on_http(3, 100.0, sequence_start=True)) == ("2", 100.0)
+            assert version_and_sum(on_http(1, 2.0)) == ("1", 3.0)
+            assert version_and_sum(on_stream(20.0)) == ("1", 30.0)
+            index = {(row["name"], row.get("version", "")): row for row in http.get_model_repository_index(headers=auth)}
+            assert index[("acc_swap", "1")]["state"] == "UNLOADING" and index[("acc_swap", "2")]["state"] == "READY"
+            assert version_and_sum(on_http(1, 3.0, sequence_end=True)) == ("1", 6.0)
+            assert version_and_sum(on_stream(30.0, sequence_end=True)) == ("1", 60.0)
+            assert version_and_sum(on_http(3, 1.0, sequence_end=True)) == ("2", 101.0)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # version 1 is freed in the background after its last end
+                index = {(r["name"], r.get("version", "")): r for r in http.get_model_repository_index(headers=auth)}
+                if index[("acc_swap", "1")]["state"] == "UNAVAILABLE":
+                    break
+                time.sleep(0.05)
+            assert index[("acc_swap", "1")]["state"] == "UNAVAILABLE", index
+        finally:
+            stream.stop_stream()
+            stream.close()
+            http.close()
