@@ -65,6 +65,7 @@ class StreamGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             activity = _Activity()
             answers = behavior(counted(requests, activity), context).__aiter__()
             stopping = asyncio.ensure_future(self._stop_event().wait())
+            step: asyncio.Future[Any] | None = None
             try:
                 while True:
                     step = asyncio.ensure_future(answers.__anext__())
@@ -85,6 +86,12 @@ class StreamGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     yield answer
             finally:
                 stopping.cancel()
+                # Closed while waiting (the client went away): the last step is nobody's to await.
+                if step is not None:
+                    if not step.done():
+                        step.cancel()
+                    elif not step.cancelled():
+                        step.exception()  # retrieved, so asyncio does not log it as never retrieved
 
         return guarded
 
