@@ -10,8 +10,8 @@ statistics extension.
 The baseline, measured in the same run: the same requests through an in-process Engine (no hop),
 whose CPU per request is what the core itself costs.
 
-    python bench/bench_engine_hop.py                       # prints; --markdown for a table row
-    python bench/bench_engine_hop.py --concurrency 1 32 --requests 20000
+    python bench/bench_engine_hop.py                       # prints
+    python bench/bench_engine_hop.py --runs 3 --out bench/RESULTS.md
 """
 from __future__ import annotations
 
@@ -139,31 +139,66 @@ async def in_process(settings: Settings, concurrencies: list[int], total: int) -
     return results
 
 
+BEGIN_MARKER = "<!-- engine-hop:begin -->"
+END_MARKER = "<!-- engine-hop:end -->"
+HEADING = "The engine process's CPU per request over the hop (bench/bench_engine_hop.py, issue 13)"
+
+
+def markdown(rows: list[tuple[int, Result, Result]], command: str) -> str:
+    from lib.machine import machine_lines
+    from lib.perf_analyzer import install_perf_analyzer
+
+    lines = [
+        f"_Written by `bench/bench_engine_hop.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._",
+        "", "```sh", command, "```", "", *machine_lines(install_perf_analyzer(), 1), "",
+        "Example `mlp`, batch-1 requests, closed loop, no transport: a real engine process driven through "
+        "RemoteEngine links (the front ends' slabs and channel) from one driver process, against an in-process "
+        "Engine in the same run (the baseline: what the core costs without the hop). CPU: the engine process's "
+        "utime + stime per request (/proc), and this process's for the in-process baseline.",
+        "",
+        "| run | concurrency | in-process us/req | rows/exec | engine process us/req | rows/exec | req/s | vs in-process |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for run, base, hop in rows:
+        lines.append(
+            f"| {run} | {hop.concurrency} | {base.cpu_us:.1f} | {base.rows_per_execution:.1f} | {hop.cpu_us:.1f} | "
+            f"{hop.rows_per_execution:.1f} | {hop.per_s:,.0f} | {hop.cpu_us / base.cpu_us:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 32])
     parser.add_argument("--links", type=int, default=2)
     parser.add_argument("--requests", type=int, default=20000)
-    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the pair this many times (the spread shows)")
+    parser.add_argument("--out", type=Path, default=None, help="write this section of RESULTS.md (e.g. bench/RESULTS.md)")
     args = parser.parse_args()
     import uvloop
 
+    rows: list[tuple[int, Result, Result]] = []
     with tempfile.TemporaryDirectory(prefix="engine-hop-") as tmp:
         settings = Settings(example_repository=Path(tmp) / "examples", log_level="warning")
-        baseline = uvloop.run(in_process(settings, args.concurrency, args.requests))
-        hop = uvloop.run(over_the_hop(settings, args.links, args.concurrency, args.requests))
-    if args.markdown:
-        print("| path | concurrency | requests | engine CPU us/req | vs no hop | req/s | rows/execution |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-    for row in [*baseline, *hop]:
-        base = next(b for b in baseline if b.concurrency == row.concurrency)
-        ratio = row.cpu_us / base.cpu_us
-        if args.markdown:
-            print(f"| {row.label} | {row.concurrency} | {row.requests:,} | {row.cpu_us:.1f} | {ratio:.2f}x | "
-                  f"{row.per_s:,.0f} | {row.rows_per_execution:.1f} |")  # fmt: skip
-        else:
-            print(f"{row.label:32} c{row.concurrency:<3} {row.cpu_us:7.1f} us CPU/req ({ratio:.2f}x no hop), "
-                  f"{row.per_s:9,.0f} req/s, {row.rows_per_execution:5.1f} rows/execution")  # fmt: skip
+        for run in range(1, args.runs + 1):
+            baseline = uvloop.run(in_process(settings, args.concurrency, args.requests))
+            hop = uvloop.run(over_the_hop(settings, args.links, args.concurrency, args.requests))
+            for row in hop:
+                base = next(b for b in baseline if b.concurrency == row.concurrency)
+                rows.append((run, base, row))
+                print(
+                    f"run {run} c{row.concurrency:<3} in-process {base.cpu_us:7.1f} us/req ({base.rows_per_execution:4.1f} rows/exec); "
+                    f"engine process {row.cpu_us:7.1f} us/req ({row.rows_per_execution:4.1f} rows/exec, {row.per_s:,.0f} req/s): "
+                    f"{row.cpu_us / base.cpu_us:.2f}x",
+                    flush=True,
+                )  # fmt: skip
+    if args.out is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from lib.report import write_section
+
+        command = "python bench/bench_engine_hop.py " + " ".join(sys.argv[1:])
+        write_section(args.out, markdown(rows, command.strip()), BEGIN_MARKER, END_MARKER, HEADING)
+        print(f"written to {args.out}")
     return 0
 
 
