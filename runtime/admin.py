@@ -120,7 +120,12 @@ class Admin:
                     continue
                 weight = entry.weights.get(version, 0.0) / total if serving and entry.weights else None
                 labels = tuple(sorted(labels_by_version[version])) if serving and version in labels_by_version else None
-                rows.append(IndexRow(entry.name, record.state.value, record.reason, str(version), weight, labels))
+                state, reason = record.state.value, record.reason
+                if serving and record.served is not None and (why := self.registry.unready_step(record.served)):
+                    state, reason = "UNAVAILABLE", why  # an ensemble whose step's model is not serving
+                    if ready_only:
+                        continue
+                rows.append(IndexRow(entry.name, state, reason, str(version), weight, labels))
         if not ready_only:
             for name in self.registry.store.model_names():
                 if name not in known:

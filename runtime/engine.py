@@ -100,10 +100,8 @@ class Engine:
             return False
         if record.state is not ModelState.READY:
             return False
-        if record.served is not None and record.served.config.ensemble_steps:  # ready while every step's model is
-            steps = record.served.config.ensemble_steps
-            return all([await self.model_ready(s.model_name, str(s.model_version) if s.model_version > 0 else "") for s in steps])
-        return True
+        # An ensemble is ready while every step's model is.
+        return record.served is None or self.registry.unready_step(record.served) is None
 
     # ---- metadata ---------------------------------------------------------------------------
 

@@ -482,6 +482,23 @@ class ModelRegistry:
             return VersionRecord(name, 0, ModelState.UNAVAILABLE, entry.error or "not loaded")
         return self._version_record(entry, version)
 
+    def unready_step(self, served: ServedModel, seen: frozenset[str] = frozenset()) -> str | None:
+        """Why an ensemble cannot serve now (a step's model is not serving, itself or through its own
+        steps), or None: ready, as is every model that is no ensemble."""
+        for step in served.config.ensemble_steps:
+            where = f"step model {quoted(step.model_name)}"
+            try:
+                record = self.record(step.model_name, str(step.model_version) if step.model_version > 0 else "")
+            except Exception:
+                return f"{where} is not loaded"
+            if record.state is not ModelState.READY or record.served is None:
+                return f"{where} is not ready ({record.reason or record.state.value})"
+            if step.model_name not in seen:
+                reason = self.unready_step(record.served, seen | {served.name})
+                if reason is not None:
+                    return f"{where}: {reason}"
+        return None
+
     def ready_versions(self, name: str) -> list[int]:
         entry = self._entries.get(name)
         return sorted(entry.serving) if entry else []

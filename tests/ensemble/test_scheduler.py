@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+from runtime.admin import Admin
 from runtime.examples import save_model
 from runtime.examples.graph import model, tensor
 from runtime.errors import Code, ExecutionError, InvalidInput, ModelLoadError, Unavailable
@@ -97,11 +98,17 @@ async def test_ready_only_while_every_composing_model_is(core: InProcess) -> Non
     await core.registry.unload("cls")
     assert not await core.engine.model_ready("pipeline")
     assert await core.engine.model_ready("fanout")  # uses pre and double only
+    # The repository index says the same, and why (Admin.index: the repository API's).
+    admin = Admin(core.registry, core.settings)
+    (row,) = [r for r in await admin.index(ready_only=False) if r.name == "pipeline"]
+    assert row.state == "UNAVAILABLE" and "step model 'cls' is not" in row.reason
+    assert "pipeline" not in [r.name for r in await admin.index(ready_only=True)]
     with pytest.raises(Unavailable) as caught:
         await infer(core, "pipeline", RAW=RAW)
     assert "step 1 (model 'cls')" in caught.value.message and "not ready" in caught.value.message
     await core.registry.load("cls")
     assert await core.engine.model_ready("pipeline")
+    assert "pipeline" in [r.name for r in await admin.index(ready_only=True)]
     np.testing.assert_allclose((await infer(core, "pipeline", RAW=RAW))["SCORES"], cls(pre(RAW)), rtol=1e-5)
 
 
