@@ -67,6 +67,7 @@ class Shape:
 SHAPES = {
     "issue": Shape("the issue's MLP 256-1024-1024-10", 256, 10),
     "example": Shape("the example mlp 16-32-4", 16, 4),
+    "wide": Shape("bench/run.py's wide model 512-3x2048-16", 512, 16),
 }
 
 
@@ -90,7 +91,7 @@ def config_text(name: str, shape: Shape, variant: str, delay_us: int) -> str:
 
 def write_repository(root: Path, model: str, delay_us: int) -> None:
     shape = SHAPES[model]
-    graph = build_wide_mlp(256, 1024, 2, 10) if model == "issue" else build_mlp()
+    graph = {"issue": lambda: build_wide_mlp(256, 1024, 2, 10), "wide": build_wide_mlp, "example": build_mlp}[model]()
     for variant in VARIANTS:
         save_model(graph, root, variant, config_pbtxt=config_text(variant, shape, variant, delay_us))
 
@@ -124,7 +125,8 @@ async def engine_latencies(repo: Path, requests: int, rounds: int) -> dict[str, 
     from runtime.types import InferRequest
     from tests.engine import in_process_engine
 
-    shape = SHAPES["issue"] if "256" in (repo / "adaptive" / "config.pbtxt").read_text() else SHAPES["example"]
+    config = (repo / "adaptive" / "config.pbtxt").read_text()
+    shape = next(s for s in SHAPES.values() if f'"INPUT" data_type: TYPE_FP32 dims: [ {s.input_dims} ]' in config)
     data = np.random.default_rng(0).standard_normal((1, shape.input_dims)).astype(np.float32)
     found: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     async with in_process_engine(repo, intra_op_threads=1) as core:

@@ -87,10 +87,12 @@ def write_input_data(path: Path, ids: list[int]) -> None:
     path.write_text(json.dumps({"data": entries}))
 
 
-def cache_counts(server: RunningServer, model: str) -> tuple[int, int]:
+def cache_counts(server: RunningServer, model: str) -> tuple[int, int, int, int]:
+    """(hits, misses, hit ns, miss ns) from the statistics extension."""
     with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{model}/stats", timeout=10) as response:
         stats = json.loads(response.read())["model_stats"][0]["inference_stats"]
-    return int(stats["cache_hit"]["count"]), int(stats["cache_miss"]["count"])
+    hit, miss = stats["cache_hit"], stats["cache_miss"]
+    return int(hit["count"]), int(miss["count"]), int(hit["ns"]), int(miss["ns"])
 
 
 def measure(
@@ -98,7 +100,7 @@ def measure(
 ) -> dict[str, Any]:
     report = work / f"{model}-c{concurrency}.csv"
     report.unlink(missing_ok=True)
-    hits, misses = cache_counts(server, model)
+    before = cache_counts(server, model)
     note = ""
     for stability, trials in ((50, 4), (100, 3)):  # then a loose rule: this machine is shared
         command = perf_analyzer_command(
@@ -108,8 +110,9 @@ def measure(
         if completed != STABILITY_ERROR:
             break
         note = "unstable at ±50%: measured at ±100%"
-    hits_after, misses_after = cache_counts(server, model)
-    point: dict[str, Any] = {"hits": hits_after - hits, "misses": misses_after - misses, "note": note}
+    after = cache_counts(server, model)
+    hits, misses, hit_ns, miss_ns = (a - b for a, b in zip(after, before))
+    point: dict[str, Any] = {"hits": hits, "misses": misses, "hit_ns": hit_ns, "miss_ns": miss_ns, "note": note}
     if completed != 0 or not report.exists():
         point["note"] = f"perf_analyzer exit {completed}"
         return point
@@ -195,14 +198,15 @@ def main(argv: list[str] | None = None) -> None:
         f"inputs; `zipf` is 8192 requests over {distinct['zipf']} distinct inputs (Zipf s = 1.1, of 65536). "
         f"Median over {args.repeats} repeats, ± half the range across repeats as % of the median (this machine is "
         "shared: the spread is its run-to-run noise). Hit ratio: the statistics extension's cache_hit / "
-        "(cache_hit + cache_miss) over each measurement.",
+        "(cache_hit + cache_miss) over each measurement; us per hit / miss: the extension's cache_hit ns / count (key, "
+        "lookup) and cache_miss ns / count (key, lookup, insertion).",
         "",
         *machine_lines(binary, 1),
         f"- Load average before / after: {load_before} / {load_average()}",
         *busy_warning(load_before),
         "",
-        "| workload | concurrency | hit ratio | infer/s cached | infer/s uncached | cached / uncached | p50 us cached | p50 us uncached | p99 us cached | p99 us uncached |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| workload | concurrency | hit ratio | us per hit / miss in the cache | infer/s cached | infer/s uncached | cached / uncached | p50 us cached | p50 us uncached | p99 us cached | p99 us uncached |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in kinds:
         for level in concurrency:
@@ -211,8 +215,11 @@ def main(argv: list[str] | None = None) -> None:
             cached_t = values(kind, "cached", level, "throughput")
             uncached_t = values(kind, "uncached", level, "throughput")
             gain = ratio(statistics.median(cached_t) if cached_t else None, statistics.median(uncached_t) if uncached_t else None)
+            hit_us = ratio(sum(values(kind, "cached", level, "hit_ns")) / 1e3, hits)
+            miss_us = ratio(sum(values(kind, "cached", level, "miss_ns")) / 1e3, misses)
             lines.append(
-                f"| {kind} | {level} | {fmt(ratio(hits, hits + misses), 3)} | {spread(cached_t)} | {spread(uncached_t)} | "
+                f"| {kind} | {level} | {fmt(ratio(hits, hits + misses), 3)} | {fmt(hit_us, 1)} / {fmt(miss_us, 1)} | "
+                f"{spread(cached_t)} | {spread(uncached_t)} | "
                 f"{fmt(gain, 2)} | {spread(values(kind, 'cached', level, 'p50_us'))} | "
                 f"{spread(values(kind, 'uncached', level, 'p50_us'))} | {spread(values(kind, 'cached', level, 'p99_us'))} | "
                 f"{spread(values(kind, 'uncached', level, 'p99_us'))} |"

@@ -136,9 +136,9 @@ async def serve_aio(make_handler: Callable[[], grpc.GenericRpcHandler], port_fil
 
 async def serve_native_aio(make_handler: Callable[[], grpc.GenericRpcHandler], port_file: Path) -> None:
     """The same, on pygrpc-native's grpc.aio-compatible server (HTTP/2 and gRPC in Rust, outside the GIL)."""
-    import pygrpc_native  # optional: pip install pygrpc-native
+    native_aio = importlib.import_module("pygrpc_native.aio")  # optional: pip install pygrpc-native
 
-    server = pygrpc_native.aio.server()
+    server = native_aio.server()
     server.add_generic_rpc_handlers((make_handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -291,12 +291,15 @@ def perf_analyzer(
 ) -> dict[str, float]:
     from lib.perf_analyzer import Transport, perf_analyzer_command, read_last_row
 
-    report.unlink(missing_ok=True)
     transport = Transport(protocol, protocol, "binary", tuple(flags))
-    command = perf_analyzer_command(
-        binary, model, f"127.0.0.1:{port}", transport, concurrency, window_ms, 100, 3, report
-    )
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    for trials in (3, 6):  # on a busy machine three windows may all differ by more than 100%
+        report.unlink(missing_ok=True)
+        command = perf_analyzer_command(
+            binary, model, f"127.0.0.1:{port}", transport, concurrency, window_ms, 100, trials, report
+        )
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=180)
+        if completed.returncode == 0 and report.exists():
+            break
     if completed.returncode != 0 or not report.exists():
         raise RuntimeError(f"perf_analyzer failed: {(completed.stdout + completed.stderr)[-800:]}")
     return read_last_row(report)
