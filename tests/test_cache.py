@@ -18,10 +18,7 @@ from tests.conftest import OpenEngine
 from tests.models import FAILING_INSTANCE_GROUP, build_failing, build_identity
 from tests.monitoring.scrape import scrape
 from tests.repository.models import build_scale
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
-
-from tests.server.conftest import Client
+from tests.server.conftest import Client, protocol_client
 from tests.serving import RunningServer, running_server
 
 CACHED = "max_batch_size: 8\nresponse_cache { enable: true }\n"
@@ -187,9 +184,7 @@ def cache_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
 
 @pytest.fixture(scope="module", params=["http", "grpc"])
 def client(request: pytest.FixtureRequest, cache_server: RunningServer) -> Client:
-    if request.param == "http":
-        return Client("http", httpclient, httpclient.InferenceServerClient(cache_server.http_url))
-    return Client("grpc", grpcclient, grpcclient.InferenceServerClient(cache_server.grpc_url))
+    return protocol_client(request.param, cache_server)
 
 
 def inference_stats(client: Client) -> dict[str, Any]:
