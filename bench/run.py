@@ -34,7 +34,6 @@ windows, 22 points, HTTP-JSON for the example mlp only) about 1.5.
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import shutil
 import subprocess
