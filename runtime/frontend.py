@@ -31,7 +31,8 @@ from runtime.ipc.slab import Slab
 from runtime.ipc.tensors import read_tensors, write_tensors
 from runtime.repository.model_config import ModelConfig, config_from_json
 from runtime.shm import CudaRegionStatus, SystemRegionStatus
-from runtime.statistics import BatchStatistics, Duration, ModelStatistics
+from runtime import statistics
+from runtime.statistics import ModelStatistics
 from runtime.tracing.control import SettingValue
 from runtime.tracing.logs import LogControl, LogValue
 from runtime.types import InferRequest, InferResponse, RequestedOutput, SharedInput, TensorSpec
@@ -51,35 +52,6 @@ async def _call(caller: Caller, op: str, **fields: Any) -> Any:
 
 def _tensor_spec(doc: dict[str, Any]) -> TensorSpec:
     return TensorSpec(doc["name"], doc["datatype"], tuple(doc["shape"]))
-
-
-def _duration(doc: dict[str, Any]) -> Duration:
-    return Duration(doc["count"], doc["ns"])
-
-
-def statistics_from_json(doc: dict[str, Any]) -> ModelStatistics:
-    """The inverse of dataclasses.asdict(ModelStatistics)."""
-    return ModelStatistics(
-        name=doc["name"],
-        version=doc["version"],
-        last_inference_ms=doc["last_inference_ms"],
-        inference_count=doc["inference_count"],
-        execution_count=doc["execution_count"],
-        success=_duration(doc["success"]),
-        fail=_duration(doc["fail"]),
-        queue=_duration(doc["queue"]),
-        compute_input=_duration(doc["compute_input"]),
-        compute_infer=_duration(doc["compute_infer"]),
-        compute_output=_duration(doc["compute_output"]),
-        batch_stats=[
-            BatchStatistics(
-                b["batch_size"], _duration(b["compute_input"]), _duration(b["compute_infer"]), _duration(b["compute_output"])
-            )
-            for b in doc["batch_stats"]
-        ],
-        cache_hit=_duration(doc["cache_hit"]),
-        cache_miss=_duration(doc["cache_miss"]),
-    )
 
 
 class RemoteEngine:
@@ -125,7 +97,7 @@ class RemoteEngine:
 
     async def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
         docs = await _call(self.caller, "engine.statistics", name=name, version=version)
-        return [statistics_from_json(doc) for doc in docs]
+        return [statistics.from_dict(ModelStatistics, doc) for doc in docs]
 
     # Triton's shared-memory extensions: the engine process maps the regions (it reads the inputs into
     # the batch and writes the outputs), so registration goes there; every front end sees the same table.

@@ -5,7 +5,8 @@ Only loaded versions are listed, as Triton does. runtime/server/stats.py writes 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 from runtime.errors import ModelNotFound, Unavailable
 from runtime.model import Duration as Counter
@@ -45,6 +46,25 @@ class ModelStatistics:
     batch_stats: list[BatchStatistics]  # by batch size
     cache_hit: Duration = Duration()  # Triton's: lookups that hit (count, lookup time)
     cache_miss: Duration = Duration()  # lookups that missed (count, lookup and insertion time)
+
+
+_Plain = TypeVar("_Plain", Duration, BatchStatistics, ModelStatistics)
+
+
+def from_dict(kind: type[_Plain], doc: dict[str, Any]) -> _Plain:
+    """The inverse of dataclasses.asdict for these snapshots (they cross the --workers hop as JSON): each
+    field by its declared type, so a field added to the dataclasses needs no change here."""
+    values: dict[str, Any] = {}
+    for field in fields(kind):
+        if field.name not in doc:
+            continue  # a default (a field the sender does not know)
+        value = doc[field.name]
+        if field.type == "Duration":
+            value = from_dict(Duration, value)
+        elif field.type == "list[BatchStatistics]":
+            value = [from_dict(BatchStatistics, item) for item in value]
+        values[field.name] = value
+    return kind(**values)
 
 
 def select(registry: ModelRegistry, name: str = "", version: str = "") -> list[ServedModel]:
