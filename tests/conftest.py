@@ -26,3 +26,11 @@ async def open_engine() -> AsyncIterator[OpenEngine]:
             return await stack.enter_async_context(in_process_engine(repo, **options))
 
         yield open_
+
+
+@pytest.fixture(scope="session")
+def perf_analyzer() -> Path:
+    """The installed perf_analyzer, or a skip that says why it cannot be used (tests/test_perf_analyzer.py)."""
+    from tests.test_perf_analyzer import perf_analyzer_or_skip
+
+    return perf_analyzer_or_skip()

@@ -53,11 +53,6 @@ def perf_analyzer_or_skip() -> Path:
 
 
 @pytest.fixture(scope="module")
-def perf_analyzer() -> Path:
-    return perf_analyzer_or_skip()
-
-
-@pytest.fixture(scope="module")
 def server(perf_analyzer: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     # Depends on perf_analyzer so that a skip does not start a server for nothing.
     with running_server(None, tmp_path_factory.mktemp("perf-server")) as running:

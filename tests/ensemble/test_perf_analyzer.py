@@ -12,14 +12,9 @@ import pytest
 
 from tests.ensemble.models import write_repository
 from tests.serving import RunningServer, running_server
-from tests.test_perf_analyzer import RUN_TIMEOUT_S, SHORT_RUN, perf_analyzer_or_skip, read_rows
+from tests.test_perf_analyzer import RUN_TIMEOUT_S, SHORT_RUN, read_rows
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def perf_analyzer() -> Path:
-    return perf_analyzer_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,11 @@ import pytest
 from tests.monitoring.scrape import scrape
 from tests.sequence.models import save_accumulator
 from tests.serving import RunningServer, running_server
-from tests.test_perf_analyzer import RUN_TIMEOUT_S, perf_analyzer_or_skip, read_rows
+from tests.test_perf_analyzer import RUN_TIMEOUT_S, read_rows
 
 pytestmark = pytest.mark.slow
 
 SEQUENCE_RUN = ["--sequence-length", "8", "--concurrency-range", "4", "--request-count", "160"]
-
-
-@pytest.fixture(scope="module")
-def perf_analyzer() -> Path:
-    return perf_analyzer_or_skip()
 
 
 @pytest.fixture(scope="module")
