@@ -267,7 +267,7 @@ class EngineHost:
         return [dataclasses.asdict(s) for s in await self.engine.cuda_shm_status(m.get("name", ""))]
 
     async def _log_update(self, m: Message) -> Any:
-        """The front end that took the change has checked and applied it; here, then every front end."""
+        """Apply a logging change here, then in every front end (the notice goes out before the reply)."""
         changes = m.get("changes") or {}
         settings = self.logs.update(changes)
         for session in list(self.sessions):

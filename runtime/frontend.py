@@ -226,10 +226,10 @@ class RemoteLogSettings:
         return self.local.settings()
 
     async def update_log_settings(self, changes: Mapping[str, object]) -> dict[str, LogValue]:
-        self.local.update(changes)  # checks every change here first: a bad one goes nowhere
+        # The engine checks and applies it (a bad change is refused there and goes nowhere), then sends
+        # the notice to every front end, this one included, before its reply: applied here by now.
         await _call(self.caller, "engine.log_update", changes=dict(changes))
         return self.local.settings()
-
 
 
 def apply_notice(logs: LogControl, message: Message) -> None:
