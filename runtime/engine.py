@@ -192,7 +192,8 @@ class Engine:
     async def _infer(
         self, served: ServedModel, request: InferRequest, lease: Lease | None = None, sequence: SequenceTag | None = None
     ) -> InferResponse:
-        validated = served.schema.validate(request.inputs if lease is None else lease.read_inputs(request.inputs))
+        inputs = request.inputs if lease is None else lease.read_inputs(request.inputs, served.placement)
+        validated = served.schema.validate(inputs)
         selection = served.schema.select_outputs(request.requested_outputs)
         key, cached = cache.lookup(self.cache, served, request, validated.inputs)
         if cached is not None:  # answered without queueing or executing
@@ -205,6 +206,8 @@ class Engine:
             validated = served.prepare(validated)
         if request.trace is not None:  # a sampled request's span rides with it into its batch (runtime/tracing)
             validated = dataclasses.replace(validated, trace=request.trace)
+        if lease is not None and lease.binding:  # tensors by pointer ride with it into its batch (runtime/shm)
+            validated = dataclasses.replace(validated, binding=lease.binding)
         priority, timeout_s = _scheduling(request, served)
         started = time.perf_counter_ns()
         try:

@@ -5,6 +5,7 @@ import asyncio
 import enum
 import functools
 import time
+import typing
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any, Coroutine, Sequence
 
 import numpy as np
 
-from runtime.backends.base import Backend
+from runtime.backends.base import Backend, BindingBackend
+from runtime.backends.binding import Binding, BoundRequest, Placement
 from runtime.errors import Code, ExecutionError, InvalidInput, ModelLoadError, Unavailable
 from runtime.batching import collate
 from runtime.batching.ragged import cut, pad_stack, ragged_plan
@@ -157,6 +159,8 @@ class ServedModel:
         self._input_reshape = {t.name: t.reshape for t in config.inputs if t.reshape is not None}
         self._output_reshape = {t.name: t.dims for t in config.outputs if t.reshape is not None}
         self._ragged = ragged_plan(config, self.label)  # may refuse the config, so before the threads
+        # What its requests may bring by pointer from shared memory (runtime/shm, runtime/backends/binding.py).
+        self.placement = _placement(self)
         # Executions shorter than this run on the event loop itself: for a tiny model, handing the
         # work to the instance thread and back costs more than the work.
         # Not on a GPU: there thread CPU time need not be wall time (a blocking stream sync sleeps).
@@ -235,6 +239,7 @@ class ServedModel:
             [item.rows for item in items],
             [item.taken_at - item.enqueued_at for item in items],
             [item.payload.trace for item in items],
+            [item.payload.binding for item in items],
         )
 
     async def run_rows(
@@ -244,18 +249,27 @@ class ServedModel:
         rows: list[int],
         queue_seconds: list[float],
         traces: Sequence[Any] = (),
+        bindings: Sequence[Binding | None] = (),
     ) -> list[Outputs]:
         """One batch, one request per entry of `inputs`: the one batch path of the dynamic and the sequence
-        batcher (stack, execute on the instance, split, statistics)."""
+        batcher (stack, execute on the instance, split, statistics). Requests with tensors by pointer
+        (`bindings`, from shared memory) run through the IO-binding executor, which gathers and scatters
+        rows itself."""
         started = time.perf_counter_ns()
-        batch = collate.stack(inputs) if self._ragged is None else pad_stack(inputs, self._ragged)
-        prepared = time.perf_counter_ns()
-        if self.runs_inline:
-            outputs = self._execute(instance, batch)
+        if any(bindings):
+            prepared = started  # gathering, running and scattering are one step there: counted as compute_infer
+            results = await self._run_bound(instance, inputs, rows, bindings)
+            ran = time.perf_counter_ns()
+            batch = outputs = {}  # the observer sees no tensors of a bound batch (they stay where they lie)
         else:
-            outputs = await self._workers.run(instance, self._execute, instance, batch)
-        ran = time.perf_counter_ns()
-        results = collate.split(outputs, rows)
+            batch = collate.stack(inputs) if self._ragged is None else pad_stack(inputs, self._ragged)
+            prepared = time.perf_counter_ns()
+            if self.runs_inline:
+                outputs = self._execute(instance, batch)
+            else:
+                outputs = await self._workers.run(instance, self._execute, instance, batch)
+            ran = time.perf_counter_ns()
+            results = collate.split(outputs, rows)
         if self._ragged is not None:
             results = [cut(result, request, self._ragged) for result, request in zip(results, inputs)]
         finished = time.perf_counter_ns()
@@ -270,6 +284,29 @@ class ServedModel:
         self.stats.record_batch(timing)
         self.observer.batch_executed(self, timing, batch, outputs)
         return results
+
+    async def _run_bound(
+        self, instance: int, inputs: list[dict[str, Array]], rows: list[int], bindings: Sequence[Binding | None]
+    ) -> list[Outputs]:
+        # The lease binds only for a bindable placement, which only a BindingBackend has (_placement).
+        backend = typing.cast(BindingBackend, self.backend)
+        requests = [
+            BoundRequest(request if binding is None else {**request, **binding.inputs}, count, binding)
+            for request, count, binding in zip(inputs, rows, bindings)
+        ]
+
+        def run() -> list[Outputs]:
+            measuring = self._inline_limit_ns > 0  # as in _execute: CPU time of this thread
+            started = time.thread_time_ns() if measuring else 0
+            results = backend.run_bound(instance, requests, self.output_names, self.placement)
+            if measuring:
+                self._note_execution(time.thread_time_ns() - started)
+            return results
+
+        try:
+            return run() if self.runs_inline else await self._workers.run(instance, run)
+        except ExecutionError as exc:
+            raise ExecutionError(f"{self.label}: {exc.message}") from None
 
     @property
     def runs_inline(self) -> bool:
@@ -355,3 +392,36 @@ def _run_rows_of(
 def _runs_inline_of(model: weakref.ref[ServedModel]) -> bool:
     served = model()
     return served is not None and served.runs_inline
+
+
+def _placement(served: ServedModel) -> Placement:
+    """Whether (and where) a version's requests may bring tensors by pointer: an ONNX model that reads
+    its inputs as they are. Processing, padding, reshapes, the sequence batcher and the response cache
+    read or hash inputs on the host, so their requests' shared-memory tensors are read as arrays."""
+    backend = served.backend
+    config = served.config
+    if not isinstance(backend, BindingBackend):
+        return Placement(served.label, bindable=False)
+    plain = (
+        backend.binds_pointers
+        and served.processing is None
+        and served._ragged is None
+        and not served._input_reshape
+        and not served._output_reshape
+        and config.sequence_batching is None
+        and not config.response_cache
+    )
+    batched = config.max_batch_size > 0
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for spec in served.model_outputs:
+        fixed = spec.shape[1:] if batched else spec.shape
+        shapes[spec.name] = spec.shape if all(dim >= 0 for dim in fixed) else None
+    return Placement(
+        served.label,
+        bindable=plain,
+        device_type=backend.device_type,
+        device_ids=backend.device_ids,
+        output_datatypes={spec.name: spec.datatype for spec in served.model_outputs},
+        output_shapes=shapes,
+        batched=batched,
+    )

@@ -16,6 +16,7 @@ class Validated:
     group: Hashable  # requests merge into one batch only when their groups are equal
     output_names: list[str]
     trace: Any = None  # the request's span while it is traced (runtime/tracing): BatchTiming.traces reports it
+    binding: Any = None  # its tensors by pointer from shared memory (runtime.backends.binding.Binding), if any
 
 
 class RequestSchema:

@@ -1,8 +1,9 @@
 """What the core needs from an execution backend. Calls are synchronous; the core runs them off the loop."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Sequence, runtime_checkable
 
+from runtime.backends.binding import BoundRequest, Placement
 from runtime.types import Array
 
 
@@ -24,3 +25,21 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class BindingBackend(Backend, Protocol):
+    """A backend that also runs batches whose tensors come by pointer (runtime/backends/binding.py)."""
+
+    @property
+    def binds_pointers(self) -> bool: ...
+
+    @property
+    def device_type(self) -> str: ...
+
+    @property
+    def device_ids(self) -> tuple[int, ...]: ...
+
+    def run_bound(
+        self, instance: int, requests: Sequence[BoundRequest], output_names: list[str], placement: Placement
+    ) -> list[dict[str, Array]]: ...

@@ -6,11 +6,13 @@ import ctypes.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
+from runtime.backends import binding as io_binding
+from runtime.backends.device import HOST, HOST_TYPE, CudaMemory, DeviceMemory
 from runtime.config import available_cores
 from runtime.errors import ExecutionError, InvalidInput, ModelLoadError
 from runtime.types import Array
@@ -97,7 +99,14 @@ class OnnxBackend:
             if spec.device == "auto":
                 log.warning("%s: CUDA is not usable here; running on CPU", spec.model_path)
         # ORT binds only non-string tensors; a model with string inputs or outputs runs unbound.
-        self._use_io_binding = CUDA in self._providers and not _has_string_tensors(self._sessions[0])
+        self._has_strings = _has_string_tensors(self._sessions[0])
+        self._use_io_binding = CUDA in self._providers and not self._has_strings
+        self._output_types = {
+            node.name: np.dtype(_ORT_TO_NUMPY[node.type])
+            for node in self._sessions[0].get_outputs()
+            if node.type in _ORT_TO_NUMPY
+        }
+        self._memories: list[DeviceMemory | None] = [None] * len(self._sessions)  # made at first use
         log.info(
             "opened %s: %d instance(s) on %s, intra_op_threads=%d",
             spec.model_path, spec.instance_count, ",".join(self._providers), spec.intra_op_threads,
@@ -145,6 +154,61 @@ class OnnxBackend:
     @property
     def instance_count(self) -> int:
         return len(self._sessions)
+
+    # ---- tensors by pointer (runtime/backends/binding.py) ----------------------------------------
+
+    @property
+    def binds_pointers(self) -> bool:
+        """Whether requests may bring tensors by pointer: every tensor of the model has a fixed size."""
+        return not self._has_strings
+
+    @property
+    def device_type(self) -> str:
+        return "cuda" if CUDA in self._providers else HOST_TYPE
+
+    @property
+    def device_ids(self) -> tuple[int, ...]:
+        """The CUDA devices the instances run on (none on CPU)."""
+        if CUDA not in self._providers:
+            return ()
+        gpus = self._spec.gpu_ids
+        return tuple(sorted({gpus[index % len(gpus)] for index in range(len(self._sessions))}))
+
+    def memory(self, instance: int) -> DeviceMemory:
+        """The memory the instance's session computes in (the host's, or its GPU's)."""
+        memory = self._memories[instance]
+        if memory is None:
+            if CUDA in self._providers:
+                gpus = self._spec.gpu_ids
+                memory = CudaMemory(gpus[instance % len(gpus)])  # needs cuda-python: only device tensors come here
+            else:
+                memory = HOST
+            self._memories[instance] = memory
+        return memory
+
+    def run_bound(
+        self,
+        instance: int,
+        requests: Sequence[io_binding.BoundRequest],
+        output_names: list[str],
+        placement: io_binding.Placement,
+    ) -> list[dict[str, Array]]:
+        """One batch through IO binding, inputs and outputs by pointer where they lie in shared memory."""
+        session = self._sessions[instance]
+        on_device = any(
+            isinstance(tensor, io_binding.DeviceTensor) and tensor.memory.device_type != HOST_TYPE
+            for request in requests
+            for tensor in request.inputs.values()
+        ) or any(
+            target.memory.device_type != HOST_TYPE
+            for request in requests
+            if request.binding is not None
+            for target in request.binding.outputs.values()
+        )
+        # A CUDA session needs its device's memory object (cuda-python) only for tensors on a device:
+        # host tensors are bound as 'cpu' and ORT copies them across itself.
+        memory = self.memory(instance) if on_device else HOST
+        return io_binding.execute(session, memory, requests, output_names, self._output_types, placement, _allocate)
 
     def prepare_input(self, name: str, array: Array) -> Array:
         """Make a validated input what ONNX Runtime needs; runs per request, before batching.
@@ -218,6 +282,28 @@ def _return_freed_memory() -> None:
     """
     if _malloc_trim is not None:
         _malloc_trim(0)
+
+
+_ORT_TO_NUMPY: dict[str, type[Any]] = {
+    "tensor(bool)": np.bool_,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(float16)": np.float16,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+}
+
+
+def _allocate(shape: tuple[int, ...], dtype: np.dtype[Any], memory: DeviceMemory) -> tuple[Any, int]:
+    """A buffer ORT allocates (and frees with the OrtValue) in `memory`: the gathered batch of an input."""
+    value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype.type, memory.device_type, memory.device_id)
+    return value, int(value.data_ptr())
 
 
 def _has_string_tensors(session: ort.InferenceSession) -> bool:

@@ -165,9 +165,17 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-async def test_engine_reads_inputs_and_writes_outputs(repo: Path, open_engine: OpenEngine, segments: Segments) -> None:
+@pytest.fixture(params=[False, True], ids=["views", "io-binding"])
+def bind_system(request: pytest.FixtureRequest) -> bool:
+    """System-shm tensors as views of the mapping (the default), or by pointer through IO binding."""
+    return bool(request.param)
+
+
+async def test_engine_reads_inputs_and_writes_outputs(
+    repo: Path, open_engine: OpenEngine, segments: Segments, bind_system: bool
+) -> None:
     engine = (await open_engine(repo, execution_provider="cpu")).engine
-    engine.shared_memory = RegionTable(allowed=True)
+    engine.shared_memory = RegionTable(allowed=True, bind_system=bind_system)
     key_in, handle_in = segments.make(128)
     key_out, handle_out = segments.make(64)
     shm.set_shared_memory_region(handle_in, [A, B])
@@ -179,12 +187,14 @@ async def test_engine_reads_inputs_and_writes_outputs(repo: Path, open_engine: O
     await asyncio.wait_for(engine.system_shm_unregister(), 10)  # every lease was released
 
 
-async def test_requests_from_different_regions_share_one_batch(repo: Path, open_engine: OpenEngine, segments: Segments) -> None:
+async def test_requests_from_different_regions_share_one_batch(
+    repo: Path, open_engine: OpenEngine, segments: Segments, bind_system: bool
+) -> None:
     """Eight requests submitted together, each with its own input and output region: the mlp's dynamic batcher
     gathers them from eight regions into fewer batches and scatters each answer into its own region."""
     opened = await open_engine(repo, execution_provider="cpu")
     engine = opened.engine
-    engine.shared_memory = RegionTable(allowed=True)
+    engine.shared_memory = RegionTable(allowed=True, bind_system=bind_system)
     rng = np.random.default_rng(7)
     cases = []
     for index in range(8):
@@ -234,3 +244,39 @@ async def test_an_object_truncated_after_registering_is_refused_not_read(segment
     message = caught.value.message
     assert key in message and "shrunk to 100 bytes" in message and "offset 4096 + byte_size 128 = 4224" in message
     await asyncio.wait_for(table.unregister_system(), 10)
+
+
+async def test_offsets_inside_one_region_and_mixed_tensors(
+    repo: Path, open_engine: OpenEngine, segments: Segments, bind_system: bool
+) -> None:
+    """Every tensor of several requests in one region at its own offset (one of them not aligned to its
+    element size: copied, not bound), batched together, next to inline inputs and inline outputs."""
+    opened = await open_engine(repo, execution_provider="cpu")
+    engine = opened.engine
+    engine.shared_memory = RegionTable(allowed=True, bind_system=bind_system)
+    key, handle = segments.make(4096)
+    await engine.system_shm_register("one", key, 0, 4096)
+    rng = np.random.default_rng(5)
+    offsets = [0, 130, 1024]  # 130: FP32 at an odd address
+    datas = [rng.standard_normal((rows, 16)).astype(np.float32) for rows in (1, 3, 2)]
+    for offset, data in zip(offsets, datas):
+        shm.set_shared_memory_region(handle, [data], offset)
+    inline = rng.standard_normal((2, 16)).astype(np.float32)
+    requests = [
+        InferRequest(
+            "mlp", "", {},
+            requested_outputs=[RequestedOutput("PROBABILITIES", shared_memory=SharedMemoryRef("one", data.shape[0] * 16, 2048 + 256 * i))],
+            shared_inputs={"INPUT": SharedInput("FP32", data.shape, SharedMemoryRef("one", data.nbytes, offset))},
+        )
+        for i, (offset, data) in enumerate(zip(offsets, datas))
+    ] + [InferRequest("mlp", "", {"INPUT": inline})]  # fmt: skip
+    expected = [
+        (await engine.infer(InferRequest("mlp", "", {"INPUT": data}))).outputs["PROBABILITIES"] for data in [*datas, inline]
+    ]
+    responses = await asyncio.gather(*(engine.infer(request) for request in requests))
+    for i, want in enumerate(expected[:3]):
+        got = shm.get_contents_as_numpy(handle, np.float32, [want.shape[0], 4], 2048 + 256 * i)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        assert not any(responses[i].outputs["PROBABILITIES"].strides)
+    np.testing.assert_allclose(responses[3].outputs["PROBABILITIES"], expected[3], rtol=1e-5)
+    await asyncio.wait_for(engine.system_shm_unregister(), 10)
