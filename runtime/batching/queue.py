@@ -17,6 +17,10 @@ The window (Window.ADAPTIVE, the default) also closes early when waiting cannot 
   arrival, comes after the oldest request's window ends. Only a low arrival rate makes this true:
   under load the average gap is a fraction of the window (bursts of closed-loop clients included,
   whose long gap between bursts is averaged with the short ones), and the peak rule decides.
+A request that finds nothing to wait for and an instance idle skips the dispatcher, and waits no
+loop turn more than without batching: its execution task (which starts one turn later, as any
+task) takes the batch when it first runs, so a burst read in that same turn joins it. A model run
+on the event loop itself (tiny ones) yields once for the same reason, a few microseconds.
 Window.FIXED is Triton's: wait for the preferred size or the full max_delay.
 """
 from __future__ import annotations
@@ -27,7 +31,7 @@ import enum
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Generic, Hashable, Sequence, TypeVar
 
 from runtime.errors import ModelLoadError, QueueFull, RequestTimeout, Unavailable
 
@@ -95,6 +99,11 @@ class BatchPolicy:
     def batching(self) -> bool:
         return self.max_batch_rows > 0
 
+    @property
+    def waits(self) -> bool:
+        """Whether a batch may wait for company at all (batching with a window)."""
+        return self.max_batch_rows > 0 and self.max_delay_s > 0
+
 
 class _State(enum.Enum):
     QUEUED = 0
@@ -153,7 +162,7 @@ class BatchQueue(Generic[P, R]):
         self._group_rows: dict[Hashable, int] = {}
         self.stats = QueueStats(level_queued=[0] * len(policy.levels))
         # What the adaptive window learns from (see the module docstring).
-        self._adaptive = policy.batching and policy.max_delay_s > 0 and policy.window is Window.ADAPTIVE
+        self._adaptive = policy.waits and policy.window is Window.ADAPTIVE
         self._queued_rows = 0
         self._running_rows = 0
         self._peak_rows = 0  # most rows in flight at once since _peak_until - PEAK_MEMORY_S
@@ -207,18 +216,19 @@ class BatchQueue(Generic[P, R]):
             self._note_arrival(now)
         assert self._wakeup is not None and self._free_instances is not None
         try:
-            if self.stats.queued == 1 and not self._free_instances.empty() and await self._alone_now(item):
-                # Nothing to wait for and an instance idle: run now, without a trip through the dispatcher.
-                instance = self._free_instances.get_nowait()
-                batch = self._take(group, self.policy.max_batch_rows or rows)
-                if self.stats.queued:
-                    self._wakeup.set()  # what arrived meanwhile and did not fit
+            if self.stats.queued == 1 and not self._free_instances.empty() and (
+                not self.policy.waits or not self._waiting_pays(item)
+            ):
+                # Nothing to wait for and an instance idle: no trip through the dispatcher.
                 if self._runs_inline is not None and self._runs_inline():
-                    await self._execute(instance, batch)
+                    await self._run_inline(item)
                     if item.future.done():
                         return item.future.result()
+                elif not self.policy.waits:
+                    instance = self._free_instances.get_nowait()
+                    self._start(instance, self._take(group, self.policy.max_batch_rows or rows))
                 else:
-                    self._start(instance, batch)
+                    self._spawn(self._take_then_execute(self._free_instances.get_nowait()))
             else:
                 self._wakeup.set()
             return await item.future
@@ -227,17 +237,41 @@ class BatchQueue(Generic[P, R]):
                 self._withdraw(item)
             raise
 
-    async def _alone_now(self, item: Pending[P, R]) -> bool:
-        """Whether the one queued request, with an instance idle, should run at once."""
-        if self.policy.max_delay_s == 0:
-            return True
-        if self._waiting_pays(item):
-            return False
-        # Waiting cannot pay, but requests that reached the queue in this same loop turn (a burst
-        # read from several connections at once) can still join: one yield lets them queue first.
-        await asyncio.sleep(0)
-        assert self._free_instances is not None
-        return item.state is _State.QUEUED and not self._free_instances.empty() and not self._waiting_pays(item)
+    async def _run_inline(self, item: Pending[P, R]) -> None:
+        """The lone request's batch on the event loop, in the caller's task. With a window, one
+        yield first: requests that reached the queue in this same loop turn (a burst read from
+        several connections at once) join it; if company is due after all, the dispatcher decides."""
+        assert self._free_instances is not None and self._wakeup is not None
+        if self.policy.waits:
+            await asyncio.sleep(0)
+            if item.state is not _State.QUEUED or self._free_instances.empty() or self._waiting_pays(item):
+                self._wakeup.set()
+                return
+        instance = self._free_instances.get_nowait()
+        batch = self._take(item.group, self.policy.max_batch_rows or item.rows)
+        if self.stats.queued:
+            self._wakeup.set()  # what arrived meanwhile and did not fit
+        await self._execute(instance, batch)
+
+    async def _take_then_execute(self, instance: int) -> None:
+        """The lone request's batch, taken when this task first runs: one loop turn after submit, as
+        any task starts (also without a window), so requests that reached the queue in that same turn
+        (a burst read from several connections at once) join it, and a request that stays alone waits
+        no extra turn. If company is due after all, or the request left, the dispatcher decides."""
+        assert self._free_instances is not None and self._wakeup is not None
+        first = self._first_queued()
+        if first is None or self._waiting_pays(first):
+            self._free_instances.put_nowait(instance)
+            self._wakeup.set()
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.discard(task)
+            self._signal_if_idle()
+            return
+        batch = self._take(first.group, self.policy.max_batch_rows)
+        if self.stats.queued:
+            self._wakeup.set()  # what arrived meanwhile and did not fit
+        await self._execute(instance, batch)
 
     async def drain(self) -> None:
         """Wait until nothing is queued or running."""
@@ -427,7 +461,10 @@ class BatchQueue(Generic[P, R]):
             self._start(instance, batch)
 
     def _start(self, instance: int, batch: list[Pending[P, R]]) -> None:
-        task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
+        self._spawn(self._execute(instance, batch))
+
+    def _spawn(self, execution: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(execution)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         task.add_done_callback(self._log_crash)

@@ -271,9 +271,37 @@ async def test_fixed_window_holds_a_lone_request_that_adaptive_runs() -> None:
     assert recorder.batches == [["lone", *(f"r{i}" for i in range(7))]]
 
 
-async def test_a_burst_forms_one_full_batch() -> None:
+async def turns_until_done(submitted: "asyncio.Future[str]") -> int:
+    """Loop turns until the request's result is there (run_batch here never suspends)."""
+    turns = 0
+    while not submitted.done():
+        await asyncio.sleep(0)
+        turns += 1
+        assert turns < 50, "the request waited"
+    return turns
+
+
+async def test_a_lone_request_takes_no_more_loop_turns_than_without_batching() -> None:
+    # Not only no window: no extra hop either (a loop turn under load is a whole round of other
+    # connections' work). Executions that leave the loop start in a task of their own, one turn
+    # later, batching or not; a burst of the same turn joins the batch there.
+    adaptive: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=60.0), Recorder())
+    unbatched: BatchQueue[str, str] = BatchQueue("n", policy(max_batch_rows=0, max_delay_s=0.0), Recorder())
+    for queue in (adaptive, unbatched):
+        await queue.submit("warm", 1)  # the dispatcher started
+    turns = {
+        name: [await turns_until_done(asyncio.ensure_future(queue.submit(f"r{i}", 1))) for i in range(3)]
+        for name, queue in (("adaptive", adaptive), ("unbatched", unbatched))
+    }
+    assert turns["adaptive"] == turns["unbatched"]
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+async def test_a_burst_forms_one_full_batch(inline: bool) -> None:
     recorder = Recorder()
-    queue: BatchQueue[str, str] = BatchQueue("m", policy(max_delay_s=60.0, max_batch_rows=4), recorder)
+    queue: BatchQueue[str, str] = BatchQueue(
+        "m", policy(max_delay_s=60.0, max_batch_rows=4), recorder, runs_inline=lambda: inline
+    )
     results = await asyncio.wait_for(asyncio.gather(*(queue.submit(f"r{i}", 1) for i in range(8))), 5.0)
     assert results == [f"done:r{i}" for i in range(8)]
     assert recorder.batches == [["r0", "r1", "r2", "r3"], ["r4", "r5", "r6", "r7"]]
