@@ -17,6 +17,11 @@ Ops (runtime.ipc.Caller frames; every reply carries the call's "id"):
          request_id, parameters, deadline, protocol, trace_parent} -> {outputs: [TensorRef], model_name, model_version, request_id}
   cancel {ticket} (notice): cancel that infer, or give back its outputs if it had already answered
   release {ticket} (notice): the front end has encoded that infer's outputs; their blocks are free again
+  refused {model, version, protocol, seconds} (notice): the front end refused an infer that failed its
+         catalogue's schema; counted here as the engine counts its own refusals, so /metrics is exact
+Notices to the front ends: "catalogue" (runtime/catalogue.py: what they answer without asking; its
+generation counter is an int64 in each front end's response slab, at the welcome's generation_offset)
+and "log_settings".
 """
 from __future__ import annotations
 
@@ -31,14 +36,15 @@ import sys
 import time
 from typing import Any, Awaitable, Callable
 
-from runtime import __version__, codec
+from runtime import __version__, catalogue, codec
 from runtime.admin import Admin
 from runtime.config import Settings
 from runtime.engine import Engine
-from runtime.errors import Code, RuntimeServingError, Unavailable
+from runtime.errors import Code, InvalidInput, RuntimeServingError, Unavailable
 from runtime.ipc.channel import Channel, ChannelClosed, ChannelServer, Message
 from runtime.ipc.slab import Slab
 from runtime.ipc.tensors import read_tensors, write_tensors
+from runtime.monitoring.observer import outcome_of
 from runtime.repository.model_config import config_to_json
 from runtime.tracing import control_for
 from runtime.tracing.control import TraceSettingsApi
@@ -66,6 +72,13 @@ class Session:
         self.responses = responses
         self.tasks: dict[int, asyncio.Task[None]] = {}  # ticket -> running infer
         self.held: dict[int, list[int]] = {}  # ticket -> response-slab offsets not yet released
+        # The registry's generation as this front end's catalogue checks it (runtime/catalogue.py).
+        offset = responses.allocate(8)
+        if offset is None:
+            raise ValueError("the response slab has no room for the catalogue's generation counter")
+        self.generation_offset = offset
+        self.generation = responses.view(offset, 8).cast("q")
+        self.generation[0] = host.generation
 
     def reply(self, message: Message) -> None:
         try:
@@ -97,6 +110,8 @@ class Session:
                 self.release(message.get("ticket"))
             elif op == "cancel":
                 self.cancel(message.get("ticket"))
+            elif op == "refused":
+                self.host.count_refused(message)
             else:
                 # Each call on its own task (a load takes seconds): replies carry their ids, so their
                 # order does not matter, and nothing holds up this front end's infers.
@@ -185,6 +200,7 @@ class Session:
             task.cancel()
         self.tasks.clear()
         self.held.clear()
+        self.generation.release()
         self.requests.close()
         self.responses.close()
 
@@ -210,6 +226,9 @@ class EngineHost:
         self.logs = logs  # this process's logging; a change through any front end reaches every process
         self.sessions: set[Session] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self.generation = 0  # of the registry: bumped by every change to what serves
+        self._publish_pending = False
+        engine.registry.listeners.append(self.registry_changed)
         self._ops: dict[str, Callable[[Message], Awaitable[Any]]] = {
             "engine.live": lambda m: engine.live(),
             "engine.ready": lambda m: engine.ready(),
@@ -238,6 +257,42 @@ class EngineHost:
             "admin.traffic": lambda m: admin.traffic(m["name"], m.get("weights")),
             "admin.labels": lambda m: admin.labels(m["name"], m.get("labels")),
         }
+
+    # ---- the front ends' catalogue (runtime/catalogue.py) -------------------------------------
+
+    def registry_changed(self) -> None:
+        """Synchronously with the change: every front end's catalogue is stale from here on (they ask the
+        engine) until the new document, built on a later loop turn, reaches them."""
+        self.generation += 1
+        for session in self.sessions:
+            session.generation[0] = self.generation
+        if not self._publish_pending:
+            self._publish_pending = True
+            self.spawn(self._publish())
+
+    async def _publish(self) -> None:
+        self._publish_pending = False
+        document = await catalogue.build(self.engine, self.generation)
+        for session in list(self.sessions):
+            session.reply({"op": "catalogue", "document": document})
+
+    def count_refused(self, message: Message) -> None:
+        """A request a front end refused against its catalogue's schema, counted as Engine.infer counts
+        one it refuses: routed (a traffic split's turn is used, as here), then finished as invalid input."""
+        request = InferRequest(
+            model_name=str(message.get("model", "")),
+            model_version=str(message.get("version", "")),
+            inputs={},
+            protocol=str(message.get("protocol", "")),
+        )
+        try:
+            served = self.engine.registry.get(request.model_name, request.model_version)
+        except RuntimeServingError:
+            served = None
+        observer = self.engine.observer
+        if served is not None:
+            observer.request_started(request, served)
+        observer.request_finished(request, served, outcome_of(InvalidInput("")), float(message.get("seconds", 0.0)))
 
     async def dispatch(self, message: Message) -> Any:
         op = message.get("op")
@@ -307,11 +362,19 @@ class EngineHost:
             requests.close()
             _close_fds(fds[1:])
             return
-        session = Session(self, channel, int(hello.get("index", -1)), requests, responses)
+        try:
+            session = Session(self, channel, int(hello.get("index", -1)), requests, responses)
+        except ValueError as exc:
+            log.error("a front end's slabs are unusable: %s", exc)
+            requests.close()
+            responses.close()
+            return
         self.sessions.add(session)
         log.info("front end %d connected", session.index)
         try:
-            session.reply({"id": hello.get("id"), "result": {"pid": os.getpid()}})
+            welcome = {"pid": os.getpid(), "generation_offset": session.generation_offset}
+            session.reply({"id": hello.get("id"), "result": welcome})
+            session.reply({"op": "catalogue", "document": await catalogue.build(self.engine, self.generation)})
             await session.run()
         except ChannelClosed:
             pass

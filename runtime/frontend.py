@@ -18,11 +18,13 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from runtime.admin import IndexRow, check_token
+from runtime.catalogue import Catalogue
 from runtime.config import Settings
 from runtime.engine import ModelMetadata
 from runtime.errors import InvalidInput, Unavailable
@@ -30,6 +32,7 @@ from runtime.ipc.channel import Caller, Channel, ChannelClosed, Message
 from runtime.ipc.slab import Slab
 from runtime.ipc.tensors import read_tensors, write_tensors
 from runtime.repository.model_config import ModelConfig, config_from_json
+from runtime.sequence.request import PARAMETERS as SEQUENCE_PARAMETERS
 from runtime.shm import CudaRegionStatus, SystemRegionStatus
 from runtime import statistics
 from runtime.statistics import ModelStatistics
@@ -57,10 +60,12 @@ def _tensor_spec(doc: dict[str, Any]) -> TensorSpec:
 class RemoteEngine:
     """runtime.engine.EngineApi over the channel to the engine process."""
 
-    def __init__(self, caller: Caller, requests: Slab, responses: Slab) -> None:
+    def __init__(self, caller: Caller, requests: Slab, responses: Slab, catalogue: Catalogue | None = None) -> None:
         self.caller = caller
         self.requests = requests  # this side allocates; the engine reads
         self.responses = responses  # the engine allocates; this side reads, then releases
+        # What this front end answers without asking the engine, while it is current (runtime/catalogue.py).
+        self.catalogue = catalogue
         self._tickets = itertools.count(1)
         self._accepting = True
 
@@ -74,6 +79,9 @@ class RemoteEngine:
         self._accepting = False
 
     async def model_ready(self, name: str, version: str = "", *, strict: bool = False) -> bool:
+        entry = self.catalogue.lookup(name, version) if self.catalogue is not None else None
+        if entry is not None:
+            return entry.ready
         return bool(await _call(self.caller, "engine.model_ready", name=name, version=version, strict=strict))
 
     async def server_metadata(self) -> tuple[str, str, list[str]]:
@@ -81,6 +89,9 @@ class RemoteEngine:
         return name, version, list(extensions)
 
     async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        entry = self.catalogue.lookup(name, version) if self.catalogue is not None else None
+        if entry is not None:
+            return entry.metadata
         doc = await _call(self.caller, "engine.model_metadata", name=name, version=version)
         return ModelMetadata(
             name=doc["name"],
@@ -92,6 +103,11 @@ class RemoteEngine:
         )
 
     async def model_config(self, name: str, version: str = "") -> ModelConfig:
+        entry = self.catalogue.lookup(name, version) if self.catalogue is not None else None
+        if entry is not None:
+            config = ModelConfig()
+            config.CopyFrom(entry.config)  # the caller's own message, as the engine's answer would be
+            return config
         doc = await _call(self.caller, "engine.model_config", name=name, version=version)
         return config_from_json(doc, f"model {name!r}: the engine's configuration")
 
@@ -123,7 +139,32 @@ class RemoteEngine:
     async def cuda_shm_unregister(self, name: str = "") -> None:
         await _call(self.caller, "engine.cuda_shm_unregister", name=name)
 
+    def _check(self, request: InferRequest) -> None:
+        """Refuse here what the engine would refuse first (the schema of the version the request names,
+        in the current catalogue): a bad request never crosses the hop. Inputs in shared memory and
+        sequence requests (which may continue on another version) are the engine's to check."""
+        if self.catalogue is None or request.shared_inputs or any(p in request.parameters for p in SEQUENCE_PARAMETERS):
+            return
+        entry = self.catalogue.lookup(request.model_name, request.model_version)
+        if entry is None:
+            return
+        started = time.perf_counter()
+        try:
+            entry.schema.validate(request.inputs)
+            entry.schema.select_outputs(request.requested_outputs)
+        except InvalidInput:
+            with contextlib.suppress(Unavailable):
+                self.caller.notify(
+                    "refused",
+                    model=request.model_name,
+                    version=request.model_version,
+                    protocol=request.protocol,
+                    seconds=time.perf_counter() - started,
+                )
+            raise
+
     async def infer(self, request: InferRequest) -> InferResponse:
+        self._check(request)
         written = write_tensors(self.requests, request.inputs)
         if written is None:
             raise Unavailable(
@@ -232,10 +273,14 @@ class RemoteLogSettings:
         return self.local.settings()
 
 
-def apply_notice(logs: LogControl, message: Message) -> None:
-    """A notice the engine pushes to every front end: "log_settings" (a change made through any of them)."""
-    if message.get("op") == "log_settings":
+def apply_notice(logs: LogControl, catalogue: Catalogue, message: Message) -> None:
+    """A notice the engine pushes to every front end: "log_settings" (a change made through any of
+    them) or "catalogue" (what serves changed)."""
+    op = message.get("op")
+    if op == "log_settings":
         logs.update(message.get("changes") or {})
+    elif op == "catalogue":
+        catalogue.update(message["document"])
 
 
 class RemoteAdmin:
@@ -297,6 +342,7 @@ class Connection:
     admin: RemoteAdmin
     traces: RemoteTraceSettings
     logs: RemoteLogSettings
+    engine_pid: int = 0
 
     async def close(self) -> None:
         await self.caller.close()
@@ -321,10 +367,10 @@ async def connect(settings: Settings, engine_address: str, index: int) -> Connec
         }
         await channel.send(hello, fds=[requests.fd, responses.fd])
         try:
-            welcome = await channel.receive_many()
+            welcome, *notices = await channel.receive_many()
         except ChannelClosed:
             raise Unavailable("the engine process refused this front end's hello") from None
-        if len(welcome) != 1 or welcome[0].get("id") != 0 or "result" not in welcome[0]:
+        if welcome.get("id") != 0 or "generation_offset" not in (welcome.get("result") or {}):
             await channel.close()
             raise Unavailable(f"the engine process answered the hello with {welcome!r}")
     except BaseException:
@@ -334,16 +380,25 @@ async def connect(settings: Settings, engine_address: str, index: int) -> Connec
     from runtime.app import log_control_for
 
     local_logs = log_control_for(settings)
-    caller = Caller(channel, on_message=lambda message: apply_notice(local_logs, message))
+    catalogue = Catalogue(responses.view(int(welcome["result"]["generation_offset"]), 8).cast("q"))
+    # The first catalogue follows the welcome: serve nothing before it is here.
+    while not any(notice.get("op") == "catalogue" for notice in notices):
+        for notice in notices:
+            apply_notice(local_logs, catalogue, notice)
+        notices = await channel.receive_many()
+    for notice in notices:
+        apply_notice(local_logs, catalogue, notice)
+    caller = Caller(channel, on_message=lambda message: apply_notice(local_logs, catalogue, message))
     logs = RemoteLogSettings(caller, local_logs)
     return Connection(
         caller,
         requests,
         responses,
-        RemoteEngine(caller, requests, responses),
+        RemoteEngine(caller, requests, responses, catalogue),
         RemoteAdmin(caller, settings),
         RemoteTraceSettings(caller),
         logs,
+        int(welcome["result"].get("pid", 0)),
     )
 
 

@@ -215,3 +215,60 @@ async def test_two_front_ends_share_batches(engine_process: tuple[str, Settings]
     finally:
         for link in links:
             await link.close()
+
+
+async def test_the_catalogue_answers_while_the_engine_is_stopped(engine_process: tuple[str, Settings]) -> None:
+    """Readiness, metadata and configuration of what serves come from the front end's catalogue
+    (runtime/catalogue.py): with the engine process stopped they still answer, as the engine would."""
+    address, settings = engine_process
+    link = await connect(settings, address, 0)
+    expected = (await link.engine.model_metadata("batched"), await link.engine.model_config("batched", "1"))
+    os.kill(link.engine_pid, signal.SIGSTOP)
+    try:
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                link.engine.model_ready("batched", "1"),
+                link.engine.model_metadata("batched"),
+                link.engine.model_config("batched", "1"),
+            ),
+            timeout=5,
+        )
+    finally:
+        os.kill(link.engine_pid, signal.SIGCONT)
+        await link.close()
+    assert answers == [True, *expected]
+    assert expected[0].inputs[0].name == "INPUT0" and expected[1].max_batch_size == 16
+
+
+async def test_a_change_makes_every_catalogue_stale_before_the_call_returns(engine_process: tuple[str, Settings]) -> None:
+    """After an admin call through one front end returns, no other front end answers from the state
+    before it: the engine bumps the shared generation counter with the change, before its reply."""
+    address, settings = engine_process
+    first, second = await connect(settings, address, 0), await connect(settings, address, 1)
+    try:
+        catalogue = second.engine.catalogue
+        assert catalogue is not None and catalogue.lookup("batched", "") is not None  # no split: "" is answered
+        await first.admin.traffic("batched", {"1": 1.0})
+        # Whether or not the new document has arrived, "" is no longer answered from a document:
+        # a split routes each request, which is the engine's alone.
+        assert catalogue.lookup("batched", "") is None
+        await first.admin.traffic("batched", {})
+
+        async def republished() -> None:
+            while catalogue.lookup("batched", "") is None:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(republished(), timeout=5)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_bad_request_is_refused_before_it_crosses_the_hop(front: Connection) -> None:
+    """Checked against the catalogue's schema in the front end: the datatype error, not the request
+    slab's (the tensor is larger than the whole slab, so it could never have been sent)."""
+    too_big_and_wrong = np.zeros((1, SLAB_BYTES // 4), np.float64)
+    with pytest.raises(RuntimeServingError) as caught:
+        await front.engine.infer(InferRequest("batched", "", {"INPUT0": too_big_and_wrong}))
+    assert caught.value.code is Code.INVALID_ARGUMENT
+    assert "input 'INPUT0' has datatype FP64, but the model expects FP32" in caught.value.message

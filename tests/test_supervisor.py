@@ -232,10 +232,17 @@ def test_requests_through_different_front_ends_share_batches(server: RunningServ
 
 def test_metrics_and_statistics_are_exact_across_workers(server: RunningServer) -> None:
     connections = [Connection(server.http_port) for _ in range(9)]
+    # Refused by the front ends' catalogues (runtime/catalogue.py) without reaching the engine, and
+    # still counted on the engine's /metrics as a single process counts them.
+    invalid = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "INT32", "data": [1, 2, 3, 4]}]})
     try:
         for connection in connections:
             for _ in range(7):
                 connection.infer("counted")
+            for _ in range(2):
+                connection.conn.request("POST", "/v2/models/counted/infer", invalid, {"Content-Type": "application/json"})
+                response = connection.conn.getresponse()
+                assert response.status == 400 and b"datatype INT32" in response.read()
     finally:
         for connection in connections:
             connection.close()
@@ -256,7 +263,8 @@ def test_metrics_and_statistics_are_exact_across_workers(server: RunningServer) 
             p: samples.total("model_runtime_requests_total", model="counted", protocol=p, outcome="success")
             for p in ("http", "grpc")
         }
-        return samples if by_protocol == {"http": 63, "grpc": 5} else None
+        refused = samples.total("model_runtime_requests_total", model="counted", protocol="http", reason="invalid_input")
+        return samples if by_protocol == {"http": 63, "grpc": 5} and refused == 18 else None
 
     eventually(counted, 10, "exact request counters on /metrics")
 

@@ -120,6 +120,13 @@ class ModelRegistry:
         self._entries: dict[str, ModelEntry] = {}
         self._pulling: set[str] = set()  # ensembles loading their composing models (_load_composing)
         self._sequence_drains: set[asyncio.Task[None]] = set()  # retired versions finishing their live sequences
+        # Called, synchronously, after every change to what serves (versions, routing, labels): the engine
+        # process of --workers N marks its front ends' catalogues stale there (runtime/catalogue.py).
+        self.listeners: list[Callable[[], None]] = []
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     @property
     def store(self) -> RepositoryStore:
@@ -336,6 +343,7 @@ class ModelRegistry:
                 entry.retiring.append(record)
         for version in entry.serving:
             entry.unloaded.pop(version, None)
+        self._changed()
 
     async def _retire(self, entry: ModelEntry, keep: dict[int, VersionRecord]) -> None:
         """Drain and free the versions that stopped serving in a swap or unload.
@@ -383,6 +391,7 @@ class ModelRegistry:
                 entry.retiring.append(record)
             entry.serving = {}
             entry.refresh_default()
+            self._changed()
         await self._retire(entry, {})
 
     async def rollback(self, name: str) -> list[int]:
@@ -399,6 +408,7 @@ class ModelRegistry:
             entry.weights = {v: w for v, w in previous.weights.items() if v in entry.serving}
             entry.labels = {label: v for label, v in previous.labels.items() if v in entry.serving}
             entry.refresh_default()
+            self._changed()
         return versions
 
     def set_traffic(self, name: str, weights: dict[int, float]) -> None:
@@ -412,6 +422,7 @@ class ModelRegistry:
             raise InvalidInput(f"model {name!r}: at least one weight must be positive")
         entry.weights = dict(weights)
         entry.refresh_default()
+        self._changed()
 
     def set_labels(self, name: str, labels: dict[str, int]) -> None:
         entry = self._serving_entry(name)
@@ -421,6 +432,7 @@ class ModelRegistry:
             if version not in entry.serving:
                 raise InvalidInput(f"model {name!r}: label {quoted(label)} names version {version}, which is not serving")
         entry.labels = dict(labels)
+        self._changed()
 
     def _serving_entry(self, name: str) -> ModelEntry:
         check_model_name(name)
