@@ -1,7 +1,7 @@
 """Profile model-runtime under perf_analyzer load with py-spy, and say where the time goes per request.
 
     python bench/profile.py [--model mlp] [--protocol grpc] [--concurrency 8] [--seconds 15]
-                            [--rate 100] [--native] [--out-dir bench/out/profile]
+                            [--rate 100] [--native] [--gil] [--out-dir bench/out/profile]
 
 Starts the server on the built-in examples (tests/serving.py; one ONNX Runtime thread, like
 bench/run.py), puts perf_analyzer load on it, waits `--warmup-s`, then runs
@@ -221,7 +221,7 @@ def summarize(profile: Profile, requests: float, seconds: float, rate: int, args
     lines = [
         (
             f"model={args.model} protocol={args.protocol}{' json' if args.json else ''} concurrency={args.concurrency}"
-            f" py-spy {seconds:.0f} s at {rate} Hz{' --native' if args.native else ''}"
+            f" py-spy {seconds:.0f} s at {rate} Hz{' --native' if args.native else ''}{' --gil' if args.gil else ''}"
         ),
         f"requests answered while sampling: {requests:.0f} ({requests / seconds:.0f}/s)",
         (
@@ -270,7 +270,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="mlp", help="an example model: simple, mlp, image_cnn (mlp)")
+    parser.add_argument("--model", default="mlp",
+                        help="an example model: simple, mlp, image_cnn, or mlp_nobatch (the example mlp without "
+                             "dynamic batching, as bench/transport_floor.py serves it) (mlp)")
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     parser.add_argument("--json", action="store_true", help="HTTP with JSON tensors instead of binary")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -278,6 +280,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=float, default=3.0, help="load before sampling starts (3)")
     parser.add_argument("--rate", type=int, default=100, help="samples per second (100; 50 with --native)")
     parser.add_argument("--native", action="store_true", help="include C frames (slow, perturbs the server)")
+    parser.add_argument("--gil", action="store_true",
+                        help="sample only threads holding the GIL (py-spy --gil): Python CPU without GIL waits")
     parser.add_argument("--top", type=int, default=25, help="rows in the function tables (25)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `model-runtime serve` flag")
     parser.add_argument("--out-dir", type=Path, default=BENCH_DIR / "out" / "profile")
@@ -292,7 +296,13 @@ def main(argv: list[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stacks, summary_path = args.out_dir / "stacks.txt", args.out_dir / "summary.txt"
     work = Path(tempfile.mkdtemp(prefix="model-runtime-profile-"))
-    server = start_server(None, work, ["--intra-op-threads", "1", "--log-level", "warning", *args.server_arg])
+    repository = None
+    if args.model == "mlp_nobatch":
+        from runtime.examples import build_mlp, save_model, write_example_repository
+
+        repository = write_example_repository(work / "repo")
+        save_model(build_mlp(), repository, "mlp_nobatch", config_pbtxt="max_batch_size: 32\n")
+    server = start_server(repository, work, ["--intra-op-threads", "1", "--log-level", "warning", *args.server_arg])
     load: subprocess.Popen[bytes] | None = None
     try:
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
@@ -312,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
         ]  # fmt: skip
         if args.native:
             record += ["--native", "--idle"]
+        if args.gil:
+            record.append("--gil")
         completed = subprocess.run(record, check=False, capture_output=True, text=True)
         elapsed, after = time.monotonic() - started, counters(server, args.model)
         cpu_after = thread_cpu(server.process.pid)

@@ -1,6 +1,7 @@
 """What the transport alone costs per request on this machine: the floor under any Python front end.
 
     python bench/transport_floor.py [--model mlp_nobatch] [--concurrency 1,32] [--window-ms 2000]
+                                    [--protocols grpc,http] [--rounds N] [--compare LABEL=DIR]
                                     [--out bench/RESULTS.md]
 
 1. Starts the real server on the example models and records, through pass-through proxies, its
@@ -14,6 +15,11 @@
    for model-runtime and the bare servers alike.
 3. Drives the real server and each bare server with perf_analyzer, and reads each server
    process's CPU time from /proc: infer/s, p50/p99 and server CPU us per request.
+
+   With `--rounds N` every server is measured N times, round by round, so a change in the machine's
+   load hits them alike; `--compare LABEL=DIR` adds model-runtime served from another source tree
+   (an A/B against an older commit: `git worktree add DIR COMMIT`, then copy runtime/_pb/*_pb2*.py
+   and the runtime/*/_*.so files into it).
 
 The gap between the real server and the bare server of the same stack is what model-runtime
 adds; the bare server's figures are what the library costs before any of our code runs.
@@ -43,9 +49,10 @@ import grpc  # noqa: E402
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_s(pid: int) -> float:
+def process_user_system_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process so far: utime and stime from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 def recorded_path(directory: Path, method: str) -> Path:
@@ -315,22 +322,28 @@ class Row:
     p99_us: float
     cpu_us_per_request: float
     cpu_share: float  # of one core
+    round: int = 1
+    system_us_per_request: float = 0.0  # of cpu_us_per_request, in the kernel (socket reads and writes, epoll)
 
 
 def measure(
     binary: Path, label: str, model: str, protocol: str, pid: int, port: int, concurrency: int,
     window_ms: int, work: Path, flags: Sequence[str] = (),
 ) -> Row:
-    cpu_before, wall_before = process_cpu_s(pid), time.monotonic()
+    (user_before, system_before), wall_before = process_user_system_s(pid), time.monotonic()
     row = perf_analyzer(binary, model, protocol, port, concurrency, window_ms, work / "report.csv", flags)
-    cpu, wall = process_cpu_s(pid) - cpu_before, time.monotonic() - wall_before
+    user, system = process_user_system_s(pid)
+    user, system = user - user_before, system - system_before
+    cpu, wall = user + system, time.monotonic() - wall_before
     # perf_analyzer's run includes warm-up and trials beyond the reported window: CPU per request
     # is the whole run's CPU over the requests its throughput implies for the whole run.
     requests = row["Inferences/Second"] * wall
     measured = Row(label, protocol + (" streaming" if "--streaming" in flags else ""), concurrency,
-                   row["Inferences/Second"], row["p50 latency"], row["p99 latency"], 1e6 * cpu / requests, cpu / wall)
+                   row["Inferences/Second"], row["p50 latency"], row["p99 latency"], 1e6 * cpu / requests, cpu / wall,
+                   system_us_per_request=1e6 * system / requests)
     print(f"  {measured.server}, {measured.protocol}, c{concurrency}: {measured.infer_per_s:,.0f} infer/s, "
-          f"p50 {measured.p50_us:,.0f} us, {measured.cpu_us_per_request:,.0f} us CPU/request", flush=True)
+          f"p50 {measured.p50_us:,.0f} us, {measured.cpu_us_per_request:,.0f} us CPU/request "
+          f"({measured.system_us_per_request:,.0f} in the kernel)", flush=True)
     return measured
 
 
@@ -343,10 +356,15 @@ def native_version() -> str:
         return ""
 
 
-def markdown(rows: list[Row], model: str, command: str) -> str:
+# What each server's CPU per request is compared with: the bare server of its stack, same round.
+FLOOR = {"grpc": "bare grpc.aio", "grpc streaming": "bare grpc.aio", "http": "bare ASGI app on uvicorn+httptools"}
+
+
+def markdown(rows: list[Row], model: str, command: str, rounds: int = 1) -> str:
     from lib.machine import machine_lines
     from lib.perf_analyzer import install_perf_analyzer
 
+    floors = {(r.round, r.protocol, r.concurrency): r.cpu_us_per_request for r in rows if FLOOR.get(r.protocol) == r.server}
     lines = [
         f"_Written by `bench/transport_floor.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._",
         "", "```sh", command, "```", "",
@@ -354,15 +372,23 @@ def markdown(rows: list[Row], model: str, command: str) -> str:
         f"- grpcio {grpc.__version__} (from {Path(grpc.__file__).parent.parent}){native_version()}", "",
         f"Model `{model}` (the example mlp without dynamic batching), batch-1 requests, perf_analyzer with "
         "binary tensors; the bare servers answer every call with bytes recorded from model-runtime. "
-        "`server CPU`: the server process's CPU time (/proc) over the run, per request and as a share of one core.",
+        "`server CPU`: the server process's CPU time (/proc) over the run, per request (of which `kernel`: system time, "
+        "the socket reads and writes and epoll) and as a share of one core; "
+        "`vs floor`: CPU per request over the bare server's of the same stack, same concurrency"
+        + (", same round (rounds run one after another, each measuring every server)." if rounds > 1 else "."),
         "",
-        "| server | protocol | concurrency | infer/s | p50 us | p99 us | server CPU us/request | server CPU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        ("| round " if rounds > 1 else "")
+        + "| server | protocol | concurrency | infer/s | p50 us | p99 us | server CPU us/request | kernel | server CPU | vs floor |",
+        ("|---:" if rounds > 1 else "") + "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        floor = floors.get((row.round, row.protocol, row.concurrency))
+        versus = f"{row.cpu_us_per_request / floor:.2f}x" if floor else "-"
         lines.append(
-            f"| {row.server} | {row.protocol} | {row.concurrency} | {row.infer_per_s:,.0f} | {row.p50_us:,.0f} | "
-            f"{row.p99_us:,.0f} | {row.cpu_us_per_request:,.0f} | {100 * row.cpu_share:.0f}% |"
+            (f"| {row.round} " if rounds > 1 else "")
+            + f"| {row.server} | {row.protocol} | {row.concurrency} | {row.infer_per_s:,.0f} | {row.p50_us:,.0f} | "
+            f"{row.p99_us:,.0f} | {row.cpu_us_per_request:,.0f} | {row.system_us_per_request:,.0f} | "
+            f"{100 * row.cpu_share:.0f}% | {versus} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -374,6 +400,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mlp_nobatch", help="mlp_nobatch (mlp without batching) or an example model")
     parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--protocols", default="grpc,http", help="grpc, http or both (grpc includes streaming)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every server this many times, round by round (interleaved: load changes hit all alike)")
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR",
+                        help="also serve model-runtime from the source tree DIR (PYTHONPATH=DIR, this venv), "
+                             "e.g. a git worktree of an older commit with runtime/_pb and the .so files copied in")
     parser.add_argument("--window-ms", type=int, default=2000)
     parser.add_argument("--out", type=Path, help="write the table into this RESULTS.md (between its markers)")
     args = parser.parse_args()
@@ -385,6 +417,7 @@ def main() -> None:
 
     binary = install_perf_analyzer()
     levels = [int(c) for c in args.concurrency.split(",")]
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(os.environ.get("TRANSPORT_FLOOR_WORK", tmp))
@@ -392,38 +425,59 @@ def main() -> None:
         save_model(build_mlp(), repository, "mlp_nobatch", config_pbtxt="max_batch_size: 32\n")
         recorded = work / "recorded"
         recorded.mkdir(exist_ok=True)
-        server = start_server(repository, work / "server", ["--intra-op-threads", "1"])
-        pid = server.process.pid
+        server_args = ["--intra-op-threads", "1"]
+        servers = [("model-runtime", start_server(repository, work / "server", server_args))]
+        processes: list[subprocess.Popen[bytes]] = []
+        # (label, protocol, pid, port, perf_analyzer flags), in the order each round measures them
+        targets: list[tuple[str, str, int, int, list[str]]] = []
         try:
-            for protocol, recorder, url, port in (("grpc", "record", server.grpc_url, server.grpc_port),
-                                                  ("http", "http-record", server.http_url, server.http_port)):
+            for item in args.compare:
+                label, _, source = item.rpartition("=")
+                directory = Path(source).resolve()
+                servers.append((label or f"model-runtime ({directory.name})",
+                                start_server(repository, work / f"server-{len(servers)}", server_args,
+                                             env={"PYTHONPATH": str(directory)})))
+            main_server = servers[0][1]
+            for protocol, recorder, url in (("grpc", "record", main_server.grpc_url),
+                                            ("http", "http-record", main_server.http_url)):
+                if protocol not in protocols:
+                    continue
                 proxy, proxy_port = start_child(recorder, url, recorded, work)
                 try:
                     perf_analyzer(binary, args.model, protocol, proxy_port, 1, 500, work / "record.csv")
                 finally:
                     proxy.kill()
-                for concurrency in levels:
-                    rows.append(measure(binary, "model-runtime", args.model, protocol, pid, port, concurrency,
-                                        args.window_ms, work))
-            for concurrency in levels:
-                rows.append(measure(binary, "model-runtime", args.model, "grpc", pid, server.grpc_port, concurrency,
-                                    args.window_ms, work, ["--streaming"]))
+            bare = [("aio", "grpc", "bare grpc.aio"), ("sync", "grpc", "bare grpc sync server (8 threads)"),
+                    ("http", "http", "bare ASGI app on uvicorn+httptools")]
+            if importlib.util.find_spec("pygrpc_native") is not None:  # measured where installed
+                bare.insert(1, ("native-aio", "grpc", "bare pygrpc-native aio server"))
+            for protocol in protocols:
+                for label, server in servers:
+                    port = server.grpc_port if protocol == "grpc" else server.http_port
+                    targets.append((label, protocol, server.process.pid, port, []))
+                    if protocol == "grpc":
+                        targets.append((label, protocol, server.process.pid, port, ["--streaming"]))
+                for mode, bare_protocol, label in bare:
+                    if bare_protocol == protocol:
+                        process, port = start_child(mode, "-", recorded, work)
+                        processes.append(process)
+                        targets.append((label, protocol, process.pid, port, []))
+            for round_number in range(1, args.rounds + 1):
+                if args.rounds > 1:
+                    print(f"round {round_number} of {args.rounds}", flush=True)
+                for label, protocol, pid, port, flags in targets:
+                    for concurrency in levels:
+                        row = measure(binary, label, args.model, protocol, pid, port, concurrency,
+                                      args.window_ms, work, flags)
+                        row.round = round_number
+                        rows.append(row)
         finally:
-            server.stop()
-        bare = [("aio", "grpc", "bare grpc.aio"), ("sync", "grpc", "bare grpc sync server (8 threads)"),
-                ("http", "http", "bare ASGI app on uvicorn+httptools")]
-        if importlib.util.find_spec("pygrpc_native") is not None:  # measured where installed
-            bare.insert(1, ("native-aio", "grpc", "bare pygrpc-native aio server"))
-        for mode, protocol, label in bare:
-            process, port = start_child(mode, "-", recorded, work)
-            try:
-                for concurrency in levels:
-                    rows.append(measure(binary, label, args.model, protocol, process.pid, port, concurrency,
-                                        args.window_ms, work))
-            finally:
+            for _label, server in servers:
+                server.stop()
+            for process in processes:
                 process.kill()
     command = "python bench/transport_floor.py" + "".join(f" {a}" for a in sys.argv[1:])
-    section = markdown(rows, args.model, command)
+    section = markdown(rows, args.model, command, args.rounds)
     print(section)
     if args.out:
         write_section(args.out, section, BEGIN_MARKER, END_MARKER, HEADING)

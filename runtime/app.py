@@ -174,7 +174,7 @@ def protocol_servers(
     from runtime.server import logging_ext, repository, shm, stats, trace
     from runtime.server.asgi import AsgiServer
     from runtime.server.grpc.server import GrpcServer
-    from runtime.server.http.app import build_app, openapi_route
+    from runtime.server.http.app import http_server, openapi_route
 
     # With --admin-port the admin API lives only there (HTTP), never on the public ports.
     public_admin = settings.admin_port is None
@@ -192,17 +192,7 @@ def protocol_servers(
     ]
     grpc_extensions = [stats.grpc_handler(engine), shm.grpc_handler(engine), *([repository.grpc_handler(admin)] if public_admin else [])]
     grpc_extensions += [trace.grpc_handler(engine, traces, settings), logging_ext.grpc_handler(logs, settings)]
-    http = (
-        AsgiServer(
-            build_app(engine, settings, http_extensions),
-            settings.http_address,
-            settings.http_port,
-            settings,
-            reuse_port=reuse_port,
-        )
-        if settings.allow_http
-        else None
-    )
+    http = http_server(engine, settings, http_extensions, reuse_port=reuse_port) if settings.allow_http else None
     grpc_server = GrpcServer(engine, settings, grpc_extensions, reuse_port=reuse_port) if settings.allow_grpc else None
     admin_server = (
         AsgiServer(

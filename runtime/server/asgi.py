@@ -79,11 +79,20 @@ class AsgiServer:
     """One ASGI app served by uvicorn on its own socket, inside the running event loop.
 
     With `tls` and TLS files in the settings it serves HTTPS, requiring client certificates signed
-    by --tls-client-ca-file when that is set.
+    by --tls-client-ca-file when that is set. `protocol`: the connections' protocol, the guards
+    (runtime/server/protocol.py) or a subclass (the inference port's fast path, http/fast.py).
     """
 
     def __init__(
-        self, app: Any, address: str, port: int, settings: Settings, *, tls: bool = True, reuse_port: bool = False
+        self,
+        app: Any,
+        address: str,
+        port: int,
+        settings: Settings,
+        *,
+        tls: bool = True,
+        reuse_port: bool = False,
+        protocol: type[GuardedHttpToolsProtocol] = GuardedHttpToolsProtocol,
     ) -> None:
         files = tls_files(settings) if tls else None
         tls_options: dict[str, Any] = {}
@@ -92,7 +101,7 @@ class AsgiServer:
             tls_options = {"ssl_certfile": cert, "ssl_keyfile": key}
             if client_ca is not None:
                 tls_options |= {"ssl_ca_certs": client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
-        protocol = GuardedHttpToolsProtocol.configured(
+        configured = protocol.configured(
             request_timeout_s=settings.http_header_timeout_secs,
             max_header_bytes=64 * 1024,
             max_connections=settings.http_max_connections,
@@ -100,7 +109,7 @@ class AsgiServer:
         config = uvicorn.Config(
             _answers_cancellation(app),
             loop="none",
-            http=protocol,
+            http=configured,
             ws="none",
             lifespan="off",
             access_log=False,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -17,17 +16,15 @@ from starlette.routing import BaseRoute, Route
 
 from runtime.config import Settings
 from runtime.engine import EngineApi
-from runtime.errors import InvalidInput, quoted
 from runtime.repository.model_config import config_to_json
 from runtime.server.asgi import AsgiServer
-from runtime.server.http.codec import HEADER_LENGTH, decode_infer_request, encode_infer_response, read_body, split_body, tensor_json
+from runtime.server.http.codec import HEADER_LENGTH, infer_response, read_body, tensor_json
+from runtime.server.http.fast import InferProtocol
+from runtime.server.http.infer import INFER_PATH, InferCall
 from runtime.server.http.responses import Handler, answers_errors, json_response
 
 
 def build_app(engine: EngineApi, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> Any:
-    limit = settings.max_request_bytes
-    read_traceparent = settings.trace_otlp_endpoint is not None  # headers are parsed only while tracing is on
-
     # The V2 spec's health answers are JSON objects (the KServe SDK parses them; tritonclient reads
     # only the status), the 503s too.
     async def live(request: Request) -> Response:
@@ -69,23 +66,18 @@ def build_app(engine: EngineApi, settings: Settings, extensions: Sequence[BaseRo
         model, version = _model_and_version(request)
         return json_response(config_to_json(await engine.model_config(model, version)))
 
+    answer_infer = InferCall(engine, settings)
+
     @answers_errors
     async def infer(request: Request) -> Response:
         model, version = _model_and_version(request)
-        body = await read_body(request, limit)
-        try:
-            doc, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-            infer_request, default_binary = decode_infer_request(doc, binary, model, version)
-        except InvalidInput as exc:  # the engine's messages name the model; say it here too
-            raise InvalidInput(f"model {quoted(model)}: {exc.message}") from None
-        if read_traceparent:
-            infer_request.trace_parent = request.headers.get("traceparent", "")
+        body = await read_body(request, answer_infer.limit)
+        headers = request.headers
         with _cancelled_on_disconnect(request):
-            response = await engine.infer(infer_request)
-        try:
-            return encode_infer_response(response, default_binary)
-        finally:
-            response.release()
+            parts, header_length = await answer_infer(
+                model, version, body, headers.get(HEADER_LENGTH), headers.get("traceparent", "")
+            )
+        return infer_response(parts, header_length)
 
     model_routes = [
         ("", model_metadata, ["GET"]),
@@ -105,7 +97,6 @@ def build_app(engine: EngineApi, settings: Settings, extensions: Sequence[BaseRo
     return _with_infer_fast_path(Starlette(routes=[*extensions, *routes]), infer)
 
 
-_INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 
 
 def _with_infer_fast_path(app: Starlette, infer: Handler) -> Any:
@@ -118,7 +109,7 @@ def _with_infer_fast_path(app: Starlette, infer: Handler) -> Any:
 
     async def route(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            match = _INFER_PATH.fullmatch(scope["path"])
+            match = INFER_PATH.fullmatch(scope["path"])
             if match is not None:
                 scope["path_params"] = {key: value for key, value in match.groupdict().items() if value is not None}
                 response = await infer(Request(scope, receive, send))
@@ -162,7 +153,15 @@ def openapi_route() -> Route:
     return Route("/v2/openapi.yaml", openapi, methods=["GET"])
 
 
-def http_server(engine: EngineApi, settings: Settings, extensions: Sequence[BaseRoute] = ()) -> AsgiServer:
-    return AsgiServer(build_app(engine, settings, extensions), settings.http_address, settings.http_port, settings)
-
-
+def http_server(
+    engine: EngineApi, settings: Settings, extensions: Sequence[BaseRoute] = (), *, reuse_port: bool = False
+) -> AsgiServer:
+    """The inference port: the ASGI app, with POST .../infer answered by the fast path (fast.py)."""
+    return AsgiServer(
+        build_app(engine, settings, extensions),
+        settings.http_address,
+        settings.http_port,
+        settings,
+        reuse_port=reuse_port,
+        protocol=InferProtocol.serving(InferCall(engine, settings)),
+    )

@@ -29,27 +29,42 @@ from runtime.types import (
 from runtime.validate import classification_count
 
 HEADER_LENGTH = "inference-header-content-length"
+BINARY = "application/octet-stream"  # the media type of a body with binary tensors
 
 
 # ---- request decoding ---------------------------------------------------------------------------
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and _digits(declared) and (len(declared) > 19 or int(declared) > limit):
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    check_declared_length(request.headers.get("content-length"), limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            raise body_too_large(limit)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").lower()
+    return decoded_body(b"".join(chunks), request.headers.get("content-encoding", ""), limit)
+
+
+def check_declared_length(declared: str | None, limit: int) -> None:
+    """413 before any of the body is read when its Content-Length is over the limit."""
+    if declared is not None and _digits(declared) and (len(declared) > 19 or int(declared) > limit):
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+
+
+def body_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+
+
+def decoded_body(body: bytes, encoding: str, limit: int) -> bytes:
+    """The body as sent, or decompressed for Content-Encoding gzip or deflate."""
+    if not encoding:
+        return body
+    encoding = encoding.lower()
     if encoding in ("gzip", "deflate"):
-        body = _decompress(body, encoding, limit)
-    elif encoding not in ("", "identity"):
+        return _decompress(body, encoding, limit)
+    if encoding != "identity":
         raise InvalidInput(f"unsupported Content-Encoding {quoted(encoding)} (use gzip or deflate)")
     return body
 
@@ -273,7 +288,9 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
 # ---- response encoding --------------------------------------------------------------------------
 
 
-def encode_infer_response(response: InferResponse, default_binary: bool) -> Response:
+def encode_infer_response(response: InferResponse, default_binary: bool) -> tuple[list[bytes], int | None]:
+    """The answer's body as parts to join (the JSON header, then any binary outputs), and with binary
+    outputs the JSON header's length (Inference-Header-Content-Length); None for a JSON-only answer."""
     wanted = response.requested_outputs or {}
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
@@ -300,12 +317,17 @@ def encode_infer_response(response: InferResponse, default_binary: bool) -> Resp
         header["id"] = response.id
     header["outputs"] = entries
     payload = orjson.dumps(header, option=NUMPY_JSON)
-    if not blobs:
-        return Response(payload, media_type=JSON)
+    return [payload, *blobs], len(payload) if blobs else None
+
+
+def infer_response(parts: list[bytes], header_length: int | None) -> Response:
+    """encode_infer_response's answer as a Starlette response."""
+    if header_length is None:
+        return Response(parts[0], media_type=JSON)
     return Response(
-        b"".join([payload, *blobs]),
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(payload))},
+        b"".join(parts),
+        media_type=BINARY,
+        headers={"Inference-Header-Content-Length": str(header_length)},
     )
 
 

@@ -42,6 +42,17 @@ def json_response(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload, option=NUMPY_JSON), status_code=status, media_type=JSON)
 
 
+def error_status(exc: Exception, where: str) -> tuple[int, str]:
+    """The HTTP status and message that answer `exc`: core errors by their code; anything unexpected
+    is logged (naming `where`, e.g. the method and path) and a 500 that names the failure."""
+    if isinstance(exc, RuntimeServingError):
+        return STATUS_BY_CODE[exc.code], exc.message
+    if isinstance(exc, ClientDisconnect):  # gone mid-body (or cut off as too slow): nobody to answer
+        return STATUS_BY_CODE[Code.CANCELLED], "client disconnected"
+    log.error("unhandled error on %s", where, exc_info=exc)
+    return 500, f"internal error: {type(exc).__name__}: {exc}"
+
+
 def answers_errors(handler: Handler) -> Handler:
     """Map core errors to HTTP statuses; anything unexpected is a 500 that names the failure."""
 
@@ -49,13 +60,7 @@ def answers_errors(handler: Handler) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
-        except RuntimeServingError as exc:
-            return error_response(STATUS_BY_CODE[exc.code], exc.message)
-        except ClientDisconnect:  # gone mid-body (or cut off as too slow): nobody to answer
-            return error_response(STATUS_BY_CODE[Code.CANCELLED], "client disconnected")
         except Exception as exc:  # never let one request take the server down
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+            return error_response(*error_status(exc, f"{request.method} {request.url.path}"))
 
     return wrapped
-
