@@ -5,7 +5,10 @@ every pixel but costs little, so the transport is what is measured), serves it w
 true, and drives it with perf_analyzer at concurrency 8 (-b 8: every request is one [8, 3, 224, 224]
 tensor) over binary HTTP (the baseline), gRPC, and both with --shared-memory system. Server CPU per
 request: the server process's utime + stime (/proc/<pid>/stat) over the run divided by the requests its
-statistics extension counted over it (warm-up included on both sides).
+statistics extension counted over it (warm-up included on both sides). The shared-memory cases run twice:
+on the default path (inputs read as views of the mapping, outputs copied in after the run) and on a
+second server with RUNTIME_SHM_BIND_SYSTEM=1 (tensors by pointer through ONNX Runtime's IO binding,
+outputs written by ORT straight into the client's region: runtime/backends/binding.py).
 
     python bench/bench_shm.py                # ~1.5 minutes; rewrites its section of bench/RESULTS.md
     python bench/bench_shm.py --out /tmp/r.md --window-ms 1000
@@ -54,6 +57,7 @@ class Case:
     label: str
     protocol: str  # perf_analyzer -i
     shared_memory: bool
+    io_binding: bool = False  # system shm through IO binding (a server with RUNTIME_SHM_BIND_SYSTEM=1)
 
 
 CASES = (
@@ -61,6 +65,8 @@ CASES = (
     Case("gRPC", "grpc", False),
     Case("HTTP + system shared memory", "http", True),
     Case("gRPC + system shared memory", "grpc", True),
+    Case("HTTP + system shared memory, IO binding", "http", True, io_binding=True),
+    Case("gRPC + system shared memory, IO binding", "grpc", True, io_binding=True),
 )
 
 
@@ -160,7 +166,9 @@ def markdown(rows: list[Row], command: str, window_ms: int, load_before: str) ->
         f"concurrency {CONCURRENCY}: each request is one FP32 [{BATCH}, 3, 224, 224] tensor (4.8 MB) and a "
         f"[{BATCH}, 1000] answer; {window_ms} ms windows, random input data generated once. With "
         "`--shared-memory system` perf_analyzer writes inputs once into its regions and every request names "
-        "them; the server reads them as views of its mapping and writes outputs into the client's region. "
+        "them; the server reads them as views of its mapping and writes outputs into the client's region "
+        "(rows marked IO binding: a second server with RUNTIME_SHM_BIND_SYSTEM=1 binds the region's pointers "
+        "in ONNX Runtime, which writes the output into the client's region itself). "
         "Server CPU per request: the server's utime + stime over the run / requests counted by the statistics "
         "extension. perf_analyzer runs on the same cores.",
         "",
@@ -192,12 +200,15 @@ def main() -> int:
         work = Path(tmp)
         repository = write_repository(work / "repo")
         flags = ["--log-level", "warning", "--allow-client-shm", "true", "--intra-op-threads", "1"]
-        server = start_server(repository, work / "server", flags)
-        try:
-            for case in CASES:
-                rows.append(measure(binary, server, case, args.window_ms, work))
-        finally:
-            server.stop()
+        for binding in (False, True):
+            env = {"RUNTIME_SHM_BIND_SYSTEM": "1" if binding else "0"}
+            server = start_server(repository, work / f"server-{binding}", flags, env=env)
+            try:
+                for case in CASES:
+                    if case.io_binding == binding:
+                        rows.append(measure(binary, server, case, args.window_ms, work))
+            finally:
+                server.stop()
     command = "python bench/bench_shm.py" + (f" --window-ms {args.window_ms}" if args.window_ms != 3000 else "")
     write_section(args.out, markdown(rows, command, args.window_ms, load_before), BEGIN_MARKER, END_MARKER, HEADING)
     print(f"written to {args.out}")

@@ -274,9 +274,9 @@ Region = SystemRegion | CudaRegion
 
 # Whether system-shared-memory tensors of a model that can take them go by pointer through IO binding
 # (ORT writes outputs straight into the client's region) instead of as views of the mapping (outputs
-# copied in after the run). Off: on the CPU it saves one output copy but costs ~40 us of Python per
-# request (the binding, placeholders), measured in README "Tensors in CUDA shared memory".
-# RUNTIME_SHM_BIND_SYSTEM=1 turns it on, for measuring (bench/bench_shm.py) and tests.
+# copied in after the run). Off: on the CPU it saves one output copy but costs more in Python per
+# request (the binding, placeholders, ORT's IOBinding calls) than the copy: bench/bench_shm.py's "IO
+# binding" rows in bench/RESULTS.md. RUNTIME_SHM_BIND_SYSTEM=1 turns it on, for measuring and tests.
 BIND_SYSTEM = os.environ.get("RUNTIME_SHM_BIND_SYSTEM", "") == "1"
 
 
