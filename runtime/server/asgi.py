@@ -123,7 +123,13 @@ class AsgiServer:
         self._socket = _bind(address, port, reuse_port=reuse_port)
         self.port: int = self._socket.getsockname()[1]
         self._server = _Server(config)
+        self._protocol = configured
         self._task: asyncio.Task[None] | None = None
+
+    def new_connection(self) -> asyncio.Protocol:
+        """The protocol object the server makes for each connection it accepts, over its app, limits and
+        state (tests drive one through a transport of their own)."""
+        return self._protocol(config=self._server.config, server_state=self._server.server_state, app_state={})
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._socket]))
