@@ -6,13 +6,20 @@ where its pointers really are (HostToDevice: dst in a device allocation, src out
 and that the bytes lie inside one allocation, so the server's CUDA path (runtime/backends/device.py
 CudaMemory, runtime/shm) runs for real on the CPU and a wrong direction or size fails the test instead
 of passing silently. Calls are recorded in `calls`; `fail_next` makes the next call of that name fail.
+
+Across processes (a server started by a test): `install_for_subprocesses` writes a `cuda` package that
+makes a fresh FakeCudaRuntime, and `handle_for_object` makes a raw IPC handle that names a POSIX
+shared-memory object, which the fake's cudaIpcOpenMemHandle maps as that process's "device" allocation.
 """
 from __future__ import annotations
 
 import enum
+import mmap
+import os
 import struct
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,7 +90,20 @@ class FakeCudaRuntime(types.ModuleType):
         return self._result("cudaSetDevice")
 
     def cudaIpcOpenMemHandle(self, handle: cudaIpcMemHandle_t, flags: int) -> tuple[Any, ...]:  # noqa: N802
-        (ident,) = struct.unpack("<Q", bytes(handle.reserved)[:8])
+        raw = bytes(handle.reserved)
+        if raw.startswith(OBJECT_PREFIX):  # a shared-memory object standing for another process's allocation
+            device, name = raw[len(OBJECT_PREFIX)], raw[len(OBJECT_PREFIX) + 1 :].rstrip(b"\0").decode()
+            fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+            try:
+                mapping = mmap.mmap(fd, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
+            window = np.frombuffer(mapping, np.uint8)
+            self.allocations[len(self.allocations) + 1] = (device, window)
+            pointer = int(window.ctypes.data)
+            self.open_handles.add(pointer)
+            return self._result("cudaIpcOpenMemHandle", pointer)
+        (ident,) = struct.unpack("<Q", raw[:8])
         if ident not in self.allocations:
             self.calls.append(("cudaIpcOpenMemHandle", ident))
             return cudaError_t.cudaErrorInvalidValue, None
@@ -145,3 +165,29 @@ def install(monkeypatch: Any, fake: FakeCudaRuntime) -> None:
     monkeypatch.setitem(sys.modules, "cuda", package)
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", fake)
+
+
+OBJECT_PREFIX = b"FAKESHM"
+
+
+def handle_for_object(key: str, device: int = 0) -> bytes:
+    """A raw 64-byte IPC handle naming POSIX shared-memory object `key` ('/name') as a device allocation."""
+    name = key.lstrip("/").encode()
+    raw = OBJECT_PREFIX + bytes([device]) + name
+    assert len(raw) <= 64, key
+    return raw + b"\0" * (64 - len(raw))
+
+
+def install_for_subprocesses(site: Path) -> dict[str, str]:
+    """A `cuda.bindings.runtime` under `site` that is a FakeCudaRuntime; the environment that puts it first
+    on a child's path (with this repository, for tests.shm.fake_cudart)."""
+    package = site / "cuda" / "bindings"
+    package.mkdir(parents=True, exist_ok=True)
+    (site / "cuda" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "runtime.py").write_text(
+        "import sys\nfrom tests.shm.fake_cudart import FakeCudaRuntime\nsys.modules[__name__] = FakeCudaRuntime()\n"
+    )
+    repository = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join([str(site), str(repository), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {"PYTHONPATH": path}
