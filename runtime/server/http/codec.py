@@ -206,39 +206,59 @@ _JSON_NAMES = {"dict": "object", "list": "array", "str": "string", "int": "integ
 
 
 def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str) -> tuple[InferRequest, bool]:
-    """The request, and parameters.binary_data_output: whether outputs not asking otherwise go binary."""
-    _expect(doc, dict, "the request body")
-    raw_inputs = _expect(doc.get("inputs"), list, "'inputs'")
+    """The request, and parameters.binary_data_output: whether outputs not asking otherwise go binary.
+
+    Every check is `type(value) is not T` before `_expect` builds its message: the values come from a
+    JSON parser (exact types), and the messages, which name the tensor, cost more than the checks on
+    the path every request takes.
+    """
+    if type(doc) is not dict:
+        _expect(doc, dict, "the request body")
+    raw_inputs = doc.get("inputs")
+    if type(raw_inputs) is not list:
+        _expect(raw_inputs, list, "'inputs'")
     offset = 0
     inputs: dict[str, Array] = {}
     shared: dict[str, SharedInput] = {}  # inputs in shared memory: the engine reads them
     for position, raw in enumerate(raw_inputs):
-        _expect(raw, dict, f"inputs[{position}]")
-        name = _expect(raw.get("name"), str, f"inputs[{position}].name")
-        tensor = f"input {quoted(name)}"
-        datatype = _expect(raw.get("datatype"), str, f"{tensor}: 'datatype'")
+        if type(raw) is not dict:
+            _expect(raw, dict, f"inputs[{position}]")
+        name = raw.get("name")
+        if type(name) is not str:
+            _expect(name, str, f"inputs[{position}].name")
+        datatype = raw.get("datatype")
+        if type(datatype) is not str:
+            _expect(datatype, str, f"{_input(name)}: 'datatype'")
         if datatype not in DATATYPE_TO_NUMPY:
-            raise InvalidInput(f"{tensor}: unknown datatype {quoted(datatype)} (one of {', '.join(DATATYPE_TO_NUMPY)})")
-        shape = _expect(raw.get("shape"), list, f"{tensor}: 'shape'")
+            raise InvalidInput(
+                f"{_input(name)}: unknown datatype {quoted(datatype)} (one of {', '.join(DATATYPE_TO_NUMPY)})"
+            )
+        shape = raw.get("shape")
+        if type(shape) is not list:
+            _expect(shape, list, f"{_input(name)}: 'shape'")
         for dim in shape:
-            _expect(dim, int, f"{tensor}: every 'shape' entry")
+            if type(dim) is not int:
+                _expect(dim, int, f"{_input(name)}: every 'shape' entry")
         if name in inputs or name in shared:
-            raise InvalidInput(f"{tensor} appears twice")
-        params = _expect(raw.get("parameters", {}), dict, f"{tensor}: 'parameters'")
-        memory = parse_reference(params, tensor)
+            raise InvalidInput(f"{_input(name)} appears twice")
+        params = raw.get("parameters", _NO_PARAMETERS)
+        if type(params) is not dict:
+            _expect(params, dict, f"{_input(name)}: 'parameters'")
+        memory = parse_reference(params, _input(name)) if params else None
         if memory is not None:
             if "data" in raw or "binary_data_size" in params:
                 raise InvalidInput(
-                    f"{tensor} has both data and shared_memory_region {quoted(memory.region)}; send one of them"
+                    f"{_input(name)} has both data and shared_memory_region {quoted(memory.region)}; send one of them"
                 )
             shared[name] = SharedInput(datatype, check_shape(shape, name), memory)
             continue
         size = params.get("binary_data_size")
         if size is not None:
-            _expect(size, int, f"{tensor}: binary_data_size")
+            if type(size) is not int:
+                _expect(size, int, f"{_input(name)}: binary_data_size")
             if size < 0 or offset + size > len(binary):
                 raise InvalidInput(
-                    f"{tensor}: binary_data_size {size} at offset {offset} runs past the "
+                    f"{_input(name)}: binary_data_size {size} at offset {offset} runs past the "
                     f"{len(binary)} bytes of binary data"
                 )
             inputs[name] = array_from_raw(binary[offset : offset + size], datatype, shape, name)
@@ -246,31 +266,43 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
         elif "data" in raw:
             inputs[name] = array_from_json(raw["data"], datatype, shape, name)
         else:
-            raise InvalidInput(f"{tensor} has neither 'data' nor parameters.binary_data_size")
+            raise InvalidInput(f"{_input(name)} has neither 'data' nor parameters.binary_data_size")
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the last input's data")
 
-    params = _expect(doc.get("parameters", {}), dict, "'parameters'")
+    params = doc.get("parameters", _NO_PARAMETERS)
+    if type(params) is not dict:
+        _expect(params, dict, "'parameters'")
     default_binary = params.get("binary_data_output")
-    if default_binary is not None:
+    if default_binary is not None and type(default_binary) is not bool:
         _expect(default_binary, bool, "parameters.binary_data_output")
     requested: list[RequestedOutput] | None = None
-    if doc.get("outputs") is not None:
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if type(raw_outputs) is not list:
+            _expect(raw_outputs, list, "'outputs'")
         requested = []
-        for position, raw in enumerate(_expect(doc["outputs"], list, "'outputs'")):
-            _expect(raw, dict, f"outputs[{position}]")
-            name = _expect(raw.get("name"), str, f"outputs[{position}].name")
-            tensor = f"output {quoted(name)}"
-            out_params = _expect(raw.get("parameters", {}), dict, f"{tensor}: 'parameters'")
+        for position, raw in enumerate(raw_outputs):
+            if type(raw) is not dict:
+                _expect(raw, dict, f"outputs[{position}]")
+            name = raw.get("name")
+            if type(name) is not str:
+                _expect(name, str, f"outputs[{position}].name")
+            out_params = raw.get("parameters", _NO_PARAMETERS)
+            if type(out_params) is not dict:
+                _expect(out_params, dict, f"{_output(name)}: 'parameters'")
             binary_flag = out_params.get("binary_data", default_binary)
-            if binary_flag is not None:
-                _expect(binary_flag, bool, f"{tensor}: parameters.binary_data")
+            if binary_flag is not None and type(binary_flag) is not bool:
+                _expect(binary_flag, bool, f"{_output(name)}: parameters.binary_data")
+            if not out_params:
+                requested.append(RequestedOutput(name, binary_flag))
+                continue
             classification = classification_count(out_params["classification"], name) if "classification" in out_params else 0
-            memory = parse_reference(out_params, tensor)
+            memory = parse_reference(out_params, _output(name))
             requested.append(RequestedOutput(name, binary_flag, classification, memory))
     # null is no id (tritonclient never sends one; others write null for "none")
     request_id = doc.get("id")
-    if request_id is not None:
+    if request_id is not None and type(request_id) is not str:
         _expect(request_id, str, "'id'")
     request = InferRequest(
         model_name=model,
@@ -279,10 +311,21 @@ def decode_infer_request(doc: Any, binary: memoryview, model: str, version: str)
         requested_outputs=requested,
         id=request_id or "",
         protocol="http",
-        parameters={k: v for k, v in params.items() if k != "binary_data_output"},
+        parameters={k: v for k, v in params.items() if k != "binary_data_output"} if params else {},
         shared_inputs=shared or None,
     )
     return request, bool(default_binary)
+
+
+_NO_PARAMETERS: dict[str, Any] = {}  # read only: what a tensor or request without 'parameters' has
+
+
+def _input(name: str) -> str:
+    return f"input {quoted(name)}"
+
+
+def _output(name: str) -> str:
+    return f"output {quoted(name)}"
 
 
 # ---- response encoding --------------------------------------------------------------------------
