@@ -3,8 +3,9 @@
     python bench/gpu_check_cuda_shm.py [--json OUT.json] [--device 0]
 
 Needs: an NVIDIA GPU, onnxruntime-gpu with its CUDA libraries (as bench/gpu_check.py), cuda-python
-(`pip install cuda-python`, which tritonclient.utils.cuda_shared_memory and the server both use), and
-perf_analyzer (bench/install_perf_analyzer.sh). About two minutes.
+(`pip install cuda-python` matching the driver's CUDA; tritonclient.utils.cuda_shared_memory and the
+server both use it; a lent machine without a package index needs its wheel carried, as bench/gpu_run.sh
+carries the others), and perf_analyzer (bench/install_perf_analyzer.sh). About two minutes.
 
 1. Serves, with --execution-provider cuda --allow-client-shm true, `simple` (INT32, on CUDA),
    `mlp_gpu` (the example MLP, KIND_GPU, dynamic batching) and `mlp_cpu` (the same, KIND_CPU: the
@@ -20,6 +21,11 @@ perf_analyzer (bench/install_perf_analyzer.sh). About two minutes.
    no failed request in the model's statistics, and no region left registered.
 
 Exits 1 if any check fails, 2 if the machine lacks something it needs. Prints one line per check.
+
+`--dry-run` runs steps 1 and 2 on a machine without a GPU, to check this script itself: the server gets
+tests/shm/fake_cudart.py for cuda-python (POSIX shared memory standing for device memory), the client a
+stand-in for tritonclient.utils.cuda_shared_memory over the same objects, every model runs on the CPU,
+and perf_analyzer is skipped. Its answers say nothing about CUDA.
 """
 from __future__ import annotations
 
@@ -70,9 +76,41 @@ def prerequisites() -> str | None:
     return None
 
 
-def write_repository(root: Path) -> dict[str, Path]:
+class DryRunCudaShm:
+    """--dry-run: tritonclient.utils.cuda_shared_memory's calls over POSIX shared memory, with raw handles the
+    server's fake cuda-python maps (tests/shm/fake_cudart.py)."""
+
+    def __init__(self) -> None:
+        import tritonclient.utils.shared_memory as system
+
+        self.system = system
+        self.keys: dict[int, tuple[str, int]] = {}
+
+    def create_shared_memory_region(self, name: str, byte_size: int, device_id: int) -> Any:
+        handle = self.system.create_shared_memory_region(name, f"/{name}", byte_size)
+        self.keys[id(handle)] = (f"/{name}", device_id)
+        return handle
+
+    def get_raw_handle(self, handle: Any) -> bytes:
+        import base64
+
+        from tests.shm.fake_cudart import handle_for_object
+
+        return base64.b64encode(handle_for_object(*self.keys[id(handle)]))
+
+    def set_shared_memory_region(self, handle: Any, values: list[Any]) -> None:
+        self.system.set_shared_memory_region(handle, values)
+
+    def get_contents_as_numpy(self, handle: Any, dtype: Any, shape: list[int]) -> Any:
+        return self.system.get_contents_as_numpy(handle, dtype, shape)
+
+    def destroy_shared_memory_region(self, handle: Any) -> None:
+        self.system.destroy_shared_memory_region(handle)
+
+
+def write_repository(root: Path, dry_run: bool = False) -> dict[str, Path]:
     paths = {"simple": save_model(build_simple(), root, "simple", config_pbtxt=SIMPLE_CONFIG)}
-    for name, kind in (("mlp_gpu", "KIND_GPU"), ("mlp_cpu", "KIND_CPU")):
+    for name, kind in (("mlp_gpu", "KIND_CPU" if dry_run else "KIND_GPU"), ("mlp_cpu", "KIND_CPU")):
         config = MLP_CONFIG.replace('name: "mlp"', f'name: "{name}"').replace("KIND_CPU", kind)
         paths[name] = save_model(build_mlp(), root, name, config_pbtxt=config)
     return paths
@@ -104,17 +142,16 @@ def same(got: np.ndarray[Any, Any], want: np.ndarray[Any, Any]) -> tuple[bool, s
 class Session:
     """One protocol's client and the CUDA regions it made (unregistered and destroyed at close)."""
 
-    def __init__(self, server: RunningServer, protocol: str, device: int) -> None:
+    def __init__(self, server: RunningServer, protocol: str, device: int, dry_run: bool = False) -> None:
         import tritonclient.grpc as grpcclient
         import tritonclient.http as httpclient
-        import tritonclient.utils.cuda_shared_memory as cudashm
 
-        self.cudashm = cudashm
+        self.cudashm: Any = DryRunCudaShm() if dry_run else importlib.import_module("tritonclient.utils.cuda_shared_memory")
         self.protocol = protocol
         self.device = device
         self.module: Any = grpcclient if protocol == "grpc" else httpclient
-        url = server.grpc_url if protocol == "grpc" else server.http_url
-        self.client: Any = self.module.InferenceServerClient(url)
+        self.url = server.grpc_url if protocol == "grpc" else server.http_url
+        self.client: Any = self.module.InferenceServerClient(self.url)
         self.handles: list[Any] = []
         self.count = 0
 
@@ -128,7 +165,10 @@ class Session:
         self.client.register_cuda_shared_memory(name, self.cudashm.get_raw_handle(handle), self.device, byte_size)
         return name, handle
 
-    def infer(self, model: str, inputs: list[tuple[str, str, list[int], str, int, int]], outputs: list[tuple[str, str, int, int]]) -> Any:
+    def infer(
+        self, model: str, inputs: list[tuple[str, str, list[int], str, int, int]], outputs: list[tuple[str, str, int, int]],
+        client: Any = None,
+    ) -> Any:  # fmt: skip
         tensors = []
         for name, datatype, shape, region, byte_size, offset in inputs:
             tensor = self.module.InferInput(name, shape, datatype)
@@ -139,7 +179,7 @@ class Session:
             output = self.module.InferRequestedOutput(name)
             output.set_shared_memory(region, byte_size, offset)
             wanted.append(output)
-        return self.client.infer(model, tensors, outputs=wanted)
+        return (client or self.client).infer(model, tensors, outputs=wanted)
 
     def read(self, handle: Any, dtype: Any, shape: list[int], offset: int = 0) -> np.ndarray[Any, Any]:
         count = int(np.prod(shape))
@@ -200,11 +240,18 @@ def batched_checks(session: Session, reference: Reference, model: str, server: R
 
     def one(case: tuple[Any, ...]) -> None:
         data, inputs, outputs, _ = case
+        # A client per thread: tritonclient's HTTP client is gevent-based and belongs to the thread that made it.
+        client = session.module.InferenceServerClient(session.url)
         try:
             start.wait()
-            session.infer(model, [("INPUT", "FP32", list(data.shape), inputs, data.nbytes, 0)], [("PROBABILITIES", outputs, data.shape[0] * 16, 0)])
+            session.infer(
+                model, [("INPUT", "FP32", list(data.shape), inputs, data.nbytes, 0)],
+                [("PROBABILITIES", outputs, data.shape[0] * 16, 0)], client,
+            )  # fmt: skip
         except Exception as exc:
             errors.append(repr(exc)[:300])
+        finally:
+            client.close()
 
     threads = [threading.Thread(target=one, args=(case,)) for case in cases]
     for thread in threads:
@@ -279,29 +326,39 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--device", type=int, default=0, help="CUDA device of the regions and the models")
+    parser.add_argument("--dry-run", action="store_true", help="check this script on a machine without a GPU (see above)")
     args = parser.parse_args()
-    missing = prerequisites()
+    missing = None if args.dry_run else prerequisites()
     if missing:
         print(f"cannot run the CUDA shared-memory check here: {missing}")
         return 2
     with tempfile.TemporaryDirectory(prefix="gpu-check-cuda-shm-") as tmp:
         work = Path(tmp)
-        paths = write_repository(work / "repo")
+        paths = write_repository(work / "repo", args.dry_run)
         reference = Reference(paths)
-        flags = ["--log-level", "warning", "--allow-client-shm", "true", "--execution-provider", "cuda", "--gpu-device-id", str(args.device)]
-        server = start_server(work / "repo", work / "server", flags)
+        provider = "cpu" if args.dry_run else "cuda"
+        flags = ["--log-level", "warning", "--allow-client-shm", "true", "--execution-provider", provider, "--gpu-device-id", str(args.device)]
+        env = None
+        if args.dry_run:
+            from tests.shm.fake_cudart import install_for_subprocesses
+
+            env = install_for_subprocesses(work / "fake-cuda-site")
+        server = start_server(work / "repo", work / "server", flags, env=env)
         try:
             for model in paths:
                 print(f"     {model}: execution providers {providers(server, model)}", flush=True)
             for protocol in ("http", "grpc"):
-                session = Session(server, protocol, args.device)
+                session = Session(server, protocol, args.device, args.dry_run)
                 try:
                     simple_checks(session, reference)
                     batched_checks(session, reference, "mlp_gpu", server)
                     batched_checks(session, reference, "mlp_cpu", server)
                 finally:
                     session.close()
-            perf_analyzer_checks(server, work)
+            if args.dry_run:
+                print("     perf_analyzer --shared-memory cuda: skipped in a dry run (it needs a GPU)")
+            else:
+                perf_analyzer_checks(server, work)
             check("server still serving", server.process.poll() is None)
         finally:
             server.stop()
