@@ -24,6 +24,7 @@ import tritonclient.utils.shared_memory as shm
 
 from tests.serving import RunningServer, running_server
 from tests.server.conftest import MAX_REQUEST_BYTES, Client
+from tests.server.test_shm import shm_input, shm_output
 from tests.shm.fake_cudart import handle_for_object, install_for_subprocesses
 
 _names = itertools.count()
@@ -90,18 +91,6 @@ def cuda_status(client: Client) -> dict[str, tuple[int, int]]:
     return {r.name: (int(r.device_id), int(r.byte_size)) for r in answer.regions.values()}
 
 
-def shm_input(client: Client, name: str, region: str, byte_size: int, offset: int = 0, datatype: str = "INT32") -> Any:
-    tensor = client.module.InferInput(name, [1, 16] if datatype == "INT32" else [1, 1], datatype)
-    tensor.set_shared_memory(region, byte_size, offset)
-    return tensor
-
-
-def shm_output(client: Client, name: str, region: str, byte_size: int, offset: int = 0) -> Any:
-    output = client.module.InferRequestedOutput(name)
-    output.set_shared_memory(region, byte_size, offset)
-    return output
-
-
 def test_inputs_and_outputs_in_cuda_regions(client: Client, device: Device) -> None:
     inputs, in_handle = device.region(256, device=1)
     outputs, out_handle = device.region(256, device=1)
@@ -109,7 +98,7 @@ def test_inputs_and_outputs_in_cuda_regions(client: Client, device: Device) -> N
     assert cuda_status(client)[inputs] == (1, 256)
     result = client.infer(
         "simple",
-        [shm_input(client, "INPUT0", inputs, 64, 32), shm_input(client, "INPUT1", inputs, 64, 96)],
+        [shm_input(client, "INPUT0", [1, 16], "INT32", inputs, 64, 32), shm_input(client, "INPUT1", [1, 16], "INT32", inputs, 64, 96)],
         outputs=[shm_output(client, "OUTPUT0", outputs, 64, 0), shm_output(client, "OUTPUT1", outputs, 64, 128)],
     )
     np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.int32, [1, 16], 0), A + B)
@@ -127,7 +116,7 @@ def test_mixed_inline_and_cuda_tensors(client: Client, device: Device) -> None:
     region, handle = device.region(64)
     shm.set_shared_memory_region(handle, [B])
     result = client.infer(
-        "simple", [client.input("INPUT0", A), shm_input(client, "INPUT1", region, 64)], outputs=[client.output("OUTPUT1")]
+        "simple", [client.input("INPUT0", A), shm_input(client, "INPUT1", [1, 16], "INT32", region, 64)], outputs=[client.output("OUTPUT1")]
     )
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), A - B)
 
@@ -135,11 +124,11 @@ def test_mixed_inline_and_cuda_tensors(client: Client, device: Device) -> None:
 def test_bad_cuda_tensors_are_refused(client: Client, device: Device) -> None:
     region, _ = device.region(128)
     client.expect_error(
-        lambda: client.infer("simple", [client.input("INPUT0", A), shm_input(client, "INPUT1", region, 60)]),
+        lambda: client.infer("simple", [client.input("INPUT0", A), shm_input(client, "INPUT1", [1, 16], "INT32", region, 60)]),
         "INVALID_ARGUMENT", "'INPUT1'", "60 bytes", "needs 64", f"'{region}'",
     )  # fmt: skip
     client.expect_error(
-        lambda: client.infer("identity_bytes", [shm_input(client, "INPUT0", region, 8, datatype="BYTES")]),
+        lambda: client.infer("identity_bytes", [shm_input(client, "INPUT0", [1, 1], "BYTES", region, 8)]),
         "INVALID_ARGUMENT", "'INPUT0'", "BYTES cannot be read from CUDA shared-memory region", f"'{region}'",
     )  # fmt: skip
     client.expect_error(

@@ -20,6 +20,7 @@ import pytest
 
 from runtime.backends.binding import Placement
 from runtime.backends.device import NEEDS_GPU, cuda_runtime
+from runtime.engine import Engine
 from runtime.errors import Code, InvalidInput, RuntimeServingError
 from runtime.examples import build_mlp, build_simple, save_model
 from runtime.examples.configs import MLP_CONFIG, SIMPLE_CONFIG
@@ -48,6 +49,14 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+async def engine(repo: Path, open_engine: OpenEngine, cudart: FakeCudaRuntime) -> Engine:
+    """The engine over `repo` on the CPU, taking regions, with the fake cuda-python installed."""
+    opened = (await open_engine(repo, execution_provider="cpu")).engine
+    opened.shared_memory = RegionTable(allowed=True)
+    return opened
+
+
 def simple_request(inputs: str, outputs: str | None, offset: int = 0) -> InferRequest:
     shared = {
         "INPUT0": SharedInput("INT32", (1, 16), SharedMemoryRef(inputs, 64, offset)),
@@ -74,13 +83,9 @@ def test_no_device_says_a_gpu_is_needed(monkeypatch: pytest.MonkeyPatch) -> None
         asyncio.run(RegionTable(allowed=True).register_cuda("r", b"\0" * 64, 0, 64))
 
 
-async def test_inputs_and_outputs_in_cuda_regions_on_a_cpu_model(
-    repo: Path, open_engine: OpenEngine, cudart: FakeCudaRuntime
-) -> None:
+async def test_inputs_and_outputs_in_cuda_regions_on_a_cpu_model(engine: Engine, cudart: FakeCudaRuntime) -> None:
     """A CPU session cannot read device memory: the inputs are copied device to host into the batch and the
     outputs host to device into the client's region, by cudaMemcpy with the right kinds (the fake checks)."""
-    engine = (await open_engine(repo, execution_provider="cpu")).engine
-    engine.shared_memory = RegionTable(allowed=True)
     raw_in, memory_in = cudart.allocate(256, device=1)
     raw_out, memory_out = cudart.allocate(128, device=1)
     memory_in[64:192] = np.concatenate([A, B], axis=1).view(np.uint8).reshape(-1)
@@ -133,9 +138,7 @@ async def test_requests_from_several_cuda_regions_share_one_batch(
     await asyncio.wait_for(engine.cuda_shm_unregister(), 10)
 
 
-async def test_mixed_inline_and_cuda_tensors(repo: Path, open_engine: OpenEngine, cudart: FakeCudaRuntime) -> None:
-    engine = (await open_engine(repo, execution_provider="cpu")).engine
-    engine.shared_memory = RegionTable(allowed=True)
+async def test_mixed_inline_and_cuda_tensors(engine: Engine, cudart: FakeCudaRuntime) -> None:
     raw, memory = cudart.allocate(64)
     memory[:] = B.view(np.uint8).reshape(-1)
     await engine.cuda_shm_register("b", raw, 0, 64)
@@ -151,10 +154,8 @@ async def test_mixed_inline_and_cuda_tensors(repo: Path, open_engine: OpenEngine
 
 
 async def test_bad_cuda_tensors_are_refused_naming_region_and_numbers(
-    repo: Path, open_engine: OpenEngine, cudart: FakeCudaRuntime
+    engine: Engine, cudart: FakeCudaRuntime
 ) -> None:
-    engine = (await open_engine(repo, execution_provider="cpu")).engine
-    engine.shared_memory = RegionTable(allowed=True)
     raw, _ = cudart.allocate(128)
     await engine.cuda_shm_register("r", raw, 0, 128)
     short = InferRequest(
@@ -234,10 +235,8 @@ async def test_unregister_waits_for_requests_and_the_handle_outlives_a_running_b
 
 
 async def test_a_failing_copy_is_an_execution_error_naming_the_call(
-    repo: Path, open_engine: OpenEngine, cudart: FakeCudaRuntime
+    engine: Engine, cudart: FakeCudaRuntime
 ) -> None:
-    engine = (await open_engine(repo, execution_provider="cpu")).engine
-    engine.shared_memory = RegionTable(allowed=True)
     raw, _ = cudart.allocate(256)
     await engine.cuda_shm_register("r", raw, 0, 256)
     cudart.fail_next["cudaMemcpy"] = cudart.cudaError_t.cudaErrorInvalidValue
