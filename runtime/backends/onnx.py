@@ -107,6 +107,9 @@ class OnnxBackend:
             if node.type in _ORT_TO_NUMPY
         }
         self._memories: list[DeviceMemory | None] = [None] * len(self._sessions)  # made at first use
+        session = self._sessions[0]
+        # By pointer only where every tensor has a numpy twin of fixed size (no strings, no bfloat16).
+        self._binds_pointers = all(node.type in _ORT_TO_NUMPY for node in [*session.get_inputs(), *session.get_outputs()])
         log.info(
             "opened %s: %d instance(s) on %s, intra_op_threads=%d",
             spec.model_path, spec.instance_count, ",".join(self._providers), spec.intra_op_threads,
@@ -160,7 +163,7 @@ class OnnxBackend:
     @property
     def binds_pointers(self) -> bool:
         """Whether requests may bring tensors by pointer: every tensor of the model has a fixed size."""
-        return not self._has_strings
+        return self._binds_pointers
 
     @property
     def device_type(self) -> str:

@@ -66,3 +66,15 @@ def test_a_file_that_is_not_onnx_is_a_load_error(tmp_path: Path) -> None:
 def test_default_threads_share_the_cores_between_instances() -> None:
     assert default_intra_op_threads(1) >= 1
     assert default_intra_op_threads(1000) == 1
+
+
+def test_only_models_whose_tensors_all_have_a_fixed_size_take_pointers(tmp_path: Path) -> None:
+    text = backend_for(tmp_path / "text", build_text())
+    simple = backend_for(tmp_path / "simple", build_simple(), instance_count=2)
+    try:
+        assert not text.binds_pointers and simple.binds_pointers
+        assert simple.device_type == "cpu" and simple.device_ids == ()  # on the CPU: no CUDA device
+        assert simple.memory(1).device_type == "cpu"
+    finally:
+        text.close()
+        simple.close()

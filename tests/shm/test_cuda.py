@@ -22,7 +22,7 @@ from runtime.backends.binding import Placement
 from runtime.backends.device import NEEDS_GPU, cuda_runtime
 from runtime.engine import Engine
 from runtime.errors import Code, InvalidInput, RuntimeServingError
-from runtime.examples import build_mlp, build_simple, save_model
+from runtime.examples import build_mlp, build_simple, save_model, write_example_repository
 from runtime.examples.configs import MLP_CONFIG, SIMPLE_CONFIG
 from runtime.shm import RegionTable
 from runtime.types import InferRequest, RequestedOutput, SharedInput, SharedMemoryRef
@@ -46,6 +46,11 @@ def repo(tmp_path: Path) -> Path:
     save_model(build_simple(), tmp_path, "simple", config_pbtxt=SIMPLE_CONFIG)
     save_model(build_mlp(), tmp_path, "mlp", config_pbtxt=MLP_CONFIG)
     save_model(build_identity("BYTES"), tmp_path, "identity_bytes")
+    # The same MLP with a (no-op) reshape: a model that reads its inputs on the host, so not bindable.
+    reshaped = MLP_CONFIG.replace('name: "mlp"', 'name: "mlp_reshaped"').replace(
+        "dims: [ 16 ] }", "dims: [ 16 ] reshape: { shape: [ 16 ] } }"
+    )
+    save_model(build_mlp(), tmp_path, "mlp_reshaped", config_pbtxt=reshaped)
     return tmp_path
 
 
@@ -245,4 +250,43 @@ async def test_a_failing_copy_is_an_execution_error_naming_the_call(
     assert caught.value.code is Code.INTERNAL
     assert "cudaMemcpy device to host of 64 bytes on CUDA device 0 failed: cudaErrorInvalidValue" in caught.value.message
     assert "model 'simple'" in caught.value.message
+    await asyncio.wait_for(engine.cuda_shm_unregister(), 10)
+
+
+async def test_which_models_take_tensors_by_pointer(tmp_path: Path, open_engine: OpenEngine) -> None:
+    write_example_repository(tmp_path)
+    registry = (await open_engine(tmp_path, execution_provider="cpu")).registry
+    bindable = {record.name: record.served.placement.bindable for record in registry.records() if record.served}
+    # processing (image_classifier, tabular_classifier) and strings (text) read inputs on the host
+    assert bindable == {
+        "image_classifier": False, "image_cnn": True, "mlp": True, "simple": True, "tabular_classifier": False, "text": False,
+    }  # fmt: skip
+    mlp = registry.get("mlp", "").placement
+    assert (mlp.device_type, mlp.device_ids, mlp.batched, mlp.output_shapes) == ("cpu", (), True, {"PROBABILITIES": (-1, 4)})
+
+
+async def test_a_model_reading_inputs_on_the_host_gets_them_copied_there(
+    repo: Path, open_engine: OpenEngine, cudart: FakeCudaRuntime
+) -> None:
+    """mlp_reshaped is not bindable: its CUDA input is copied device to host when the request is read and
+    its output host to device once the answer is made; the answer equals the plain mlp's."""
+    opened = await open_engine(repo, execution_provider="cpu")
+    engine = opened.engine
+    engine.shared_memory = RegionTable(allowed=True)
+    assert not opened.registry.get("mlp_reshaped", "").placement.bindable
+    data = np.random.default_rng(9).standard_normal((2, 16)).astype(np.float32)
+    raw_in, memory_in = cudart.allocate(data.nbytes)
+    raw_out, memory_out = cudart.allocate(32)
+    memory_in[:] = data.view(np.uint8).reshape(-1)
+    await engine.cuda_shm_register("in", raw_in, 0, data.nbytes)
+    await engine.cuda_shm_register("out", raw_out, 0, 32)
+    request = InferRequest(
+        "mlp_reshaped", "", {},
+        requested_outputs=[RequestedOutput("PROBABILITIES", shared_memory=SharedMemoryRef("out", 32))],
+        shared_inputs={"INPUT": SharedInput("FP32", (2, 16), SharedMemoryRef("in", data.nbytes))},
+    )  # fmt: skip
+    await engine.infer(request)
+    want = (await engine.infer(InferRequest("mlp", "", {"INPUT": data}))).outputs["PROBABILITIES"]
+    np.testing.assert_allclose(memory_out.view(np.float32).reshape(2, 4), want, rtol=1e-6)
+    assert cudart.copies() == ["cudaMemcpyDeviceToHost", "cudaMemcpyHostToDevice"]
     await asyncio.wait_for(engine.cuda_shm_unregister(), 10)
