@@ -1,6 +1,9 @@
 """The CUDA shared-memory check, prepared for a machine with a GPU (NOT run yet: no GPU was at hand).
 
-    python bench/gpu_check_cuda_shm.py [--json OUT.json] [--device 0]
+    python bench/gpu_check_cuda_shm.py [--json OUT.json] [--device 0] [--out bench/RESULTS.md]
+
+With --out it writes its own section of that file (the machine, the command and every check's line);
+a dry run never writes one.
 
 Needs: an NVIDIA GPU, onnxruntime-gpu with its CUDA libraries (as bench/gpu_check.py), cuda-python
 (`pip install cuda-python` matching the driver's CUDA; tritonclient.utils.cuda_shared_memory and the
@@ -327,6 +330,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--device", type=int, default=0, help="CUDA device of the regions and the models")
     parser.add_argument("--dry-run", action="store_true", help="check this script on a machine without a GPU (see above)")
+    parser.add_argument("--out", type=Path, help="write this run's section of that file (bench/RESULTS.md)")
     args = parser.parse_args()
     missing = None if args.dry_run else prerequisites()
     if missing:
@@ -367,7 +371,36 @@ def main() -> int:
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if args.json:
         args.json.write_text(json.dumps({"results": results}, indent=2))
+    if args.out and not args.dry_run:
+        write_results(args.out, args.device, len(failed))
     return 1 if failed else 0
+
+
+def write_results(out: Path, device: int, failed: int) -> None:
+    import time
+
+    import onnxruntime as ort
+    from lib.report import write_section
+
+    try:
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader", f"--id={device}"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+    except OSError:  # no nvidia-smi on the path
+        gpu = ""
+    lines = [
+        f"_Written by `bench/gpu_check_cuda_shm.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._",
+        "", "```sh", f"python bench/gpu_check_cuda_shm.py --device {device} --out {out}", "```", "",
+        f"- GPU {device}: {gpu or 'unknown'}; onnxruntime {ort.__version__}",
+        f"- {len(results) - failed} checks passed, {failed} failed", "",
+        *(f"- {'ok' if r['ok'] else '**FAIL**'}: {r['check']}{': ' + r['detail'] if r['detail'] else ''}" for r in results),
+    ]  # fmt: skip
+    write_section(
+        out, "\n".join(lines) + "\n", "<!-- gpu_check_cuda_shm:begin -->", "<!-- gpu_check_cuda_shm:end -->",
+        "CUDA shared memory on a GPU (bench/gpu_check_cuda_shm.py)",
+    )
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":
