@@ -73,7 +73,8 @@ class Held:
         self._idle: asyncio.Event | None = None  # made when an unregister waits
 
     def check_size(self, tensor: str) -> None:
-        """Whether the memory still holds the registered window (at a request's first use of the region)."""
+        """That the memory still holds the registered window, at a request's first use of the region: a
+        system region's object may have been truncated (SystemRegion); a device allocation cannot shrink."""
 
     def check_window(self, memory: SharedMemoryRef, tensor: str) -> None:
         end = memory.offset + memory.byte_size
