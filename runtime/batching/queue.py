@@ -11,6 +11,17 @@ The window (Window.ADAPTIVE, the default) also closes early when waiting cannot 
   closed-loop client therefore never waits, and N closed-loop clients wait only until all N are
   back (never longer than max_delay). Like Clipper's adaptive batching this learns from what the
   traffic did, but it adapts the wait rather than the batch size: the size cap stays Triton's.
+  The rule is a guess that can be wrong: the rows in flight are the clients at the batcher, not
+  those still in the transport (undecoded, or waiting for the event loop), nor open-loop ones.
+  Where requests reach the queue one by one and each batch ends before the next arrives (a fast
+  model behind a saturated loop), the peak stays at what the early closes let in, and the batches
+  stay that small while Triton's window would fill. So the rule is tested: once in PROBE_EVERY of
+  its early closes (a number that doubles, to PROBE_EVERY_MAX, each time the rule proves right),
+  a batch that has "everyone" waits instead, while the arrival rate says the next is due, for up
+  to DRY_GAPS average gaps after the last arrival (and never past the window). If company comes,
+  the rule is off (a stream): batches close on Triton's terms (and the rate rule below) until a
+  batch held past "everyone" sees no arrival for DRY_GAPS gaps (or to its window's end), which
+  turns the rule back on. Closed-loop clients pay one such wait now and then, on one batch.
 - the next request is not due within the window: the moving average of the gaps between arrivals is
   at least max_delay (fewer than one arrival per window; each gap counts at most 2 x max_delay, so
   one stall does not flip it), so the next one, counted from the last
@@ -59,6 +70,13 @@ WINDOW_PARAMETER = "batch_window"  # the model config parameter that chooses the
 # window) for at most 2x this after it ends; long enough to span the gaps of steady closed-loop load.
 PEAK_MEMORY_S = 0.1
 _GAP_WEIGHT = 1 / 8  # of each new inter-arrival gap in the moving average
+# A batch held past "everyone is here" waits for company at most this many average gaps after the
+# last arrival: for a stream of independent arrivals, nobody in 4 mean gaps happens 1.8% of the time.
+DRY_GAPS = 4
+# How often the peak rule is tested: once in this many batches it closes early, doubling (up to the
+# maximum) each time it proves right.
+PROBE_EVERY = 64
+PROBE_EVERY_MAX = 4096
 
 
 def window_of(parameters: dict[str, str], where: str) -> Window:
@@ -170,6 +188,13 @@ class BatchQueue(Generic[P, R]):
         self._peak_until = 0.0
         self._last_arrival: float | None = None
         self._gap_s: float | None = None  # moving average of inter-arrival gaps
+        self._last_gap_s = 0.0  # the latest gap itself
+        # The peak rule's test (module docstring): while _stream, arrivals kept coming to a batch that
+        # had "everyone" and the rule is off; else it is tested again at _probe_at.
+        self._stream = False
+        self._holding = False  # a batch is waiting although everyone seen recently is here
+        self._probe_every = PROBE_EVERY
+        self._until_probe = PROBE_EVERY  # early closes by the peak rule before it is tested again
         self._closing = False
         # Made lazily inside the running loop (a queue may be built before the loop starts).
         self._wakeup: asyncio.Event | None = None
@@ -309,6 +334,8 @@ class BatchQueue(Generic[P, R]):
         if item.timer is not None:
             item.timer.cancel()
         self._dequeued(item)
+        if not self.stats.queued:
+            self._holding = False  # nobody left to hold: what comes next is no company
         self._signal_if_idle()
 
     def _dequeued(self, item: Pending[P, R]) -> None:
@@ -370,25 +397,63 @@ class BatchQueue(Generic[P, R]):
             self._peak_rows = 0
             self._peak_until = now + PEAK_MEMORY_S
         self._peak_rows = max(self._peak_rows, self._queued_rows + self._running_rows)
+        if self._holding:
+            # Company came to a batch that had everyone seen recently: more clients than the rows in
+            # flight show (the rest are in the transport, or arrive open-loop). The peak rule is off.
+            self._holding = False
+            self._stream = True
+            self._probe_every = PROBE_EVERY
         if self._last_arrival is not None:
             # Capped at twice the window: below one arrival per window is still seen as such, while
             # one stall (the loop or the client starved of CPU) moves the average by a quarter window.
             gap = min(now - self._last_arrival, 2 * self.policy.max_delay_s)
+            self._last_gap_s = gap
             self._gap_s = gap if self._gap_s is None else self._gap_s + (gap - self._gap_s) * _GAP_WEIGHT
         self._last_arrival = now
 
     def _waiting_pays(self, first: Pending[P, R]) -> bool:
         """Whether the batch of `first` may still gain company within its window (FIXED: always)."""
+        return self._wait_deadline(first) > self._clock()
+
+    def _wait_deadline(self, first: Pending[P, R]) -> float:
+        """Until when the batch of `first` may wait for company (at or before now: close it now)."""
+        deadline = first.enqueued_at + self.policy.max_delay_s
         if not self._adaptive:
-            return True
-        expected = max(self._peak_rows, self._previous_peak_rows)
-        if self._queued_rows + self._running_rows >= expected:
-            return False  # everyone seen recently is here already
-        if self._gap_s is not None and self._gap_s >= self.policy.max_delay_s:
+            return deadline
+        now = self._clock()
+        gap = self._gap_s
+        if gap is not None and gap >= self.policy.max_delay_s:
             # Fewer than one arrival per window on average: the next one is not due before this
             # window ends (the last arrival is at or after the oldest request's).
-            return False
-        return True
+            return now
+        if self._queued_rows + self._running_rows < max(self._peak_rows, self._previous_peak_rows):
+            return deadline  # some seen recently are not back yet
+        # Everyone seen recently is here. Closed-loop clients: nobody else can come, close now.
+        # Unless that proved wrong (_stream), or it is time to test it again: then wait while
+        # arrivals keep their pace, up to DRY_GAPS average gaps after the last one.
+        if gap is None or self._last_arrival is None:
+            return now
+        if not self._stream and (self._until_probe > 0 or self._last_gap_s > 2 * gap):
+            # (a request after a pause is not the stream the average describes)
+            if not self._holding:
+                self._until_probe -= 1  # (only approximately per batch: asked again per decision)
+            return now
+        dry = self._last_arrival + DRY_GAPS * gap
+        if dry <= now:
+            self._peak_rule_held()
+            return now
+        self._holding = True
+        return min(deadline, dry)
+
+    def _peak_rule_held(self) -> None:
+        """Nobody came to a batch held past "everyone is here": the peak rule is right (again)."""
+        if self._stream:
+            self._stream = False
+            self._probe_every = PROBE_EVERY
+        else:
+            self._probe_every = min(2 * self._probe_every, PROBE_EVERY_MAX)
+        self._until_probe = self._probe_every
+        self._holding = False
 
     def _take(self, group: Hashable, target_rows: int) -> list[Pending[P, R]]:
         """Requests of `group` in serving order, up to `target_rows` rows (at least one request). Each
@@ -412,6 +477,8 @@ class BatchQueue(Generic[P, R]):
                     kept.append(item)
             queue.extendleft(reversed(kept))
         now = self._clock()
+        if self._holding:  # held past "everyone is here" to its window's end, and nobody came
+            self._peak_rule_held()
         for item in batch:
             item.state = _State.TAKEN
             item.taken_at = now
@@ -478,7 +545,9 @@ class BatchQueue(Generic[P, R]):
             limit = self.policy.max_batch_rows or first.rows
             target = self._target_rows(self._rows_available(first.group))
             remaining = first.enqueued_at + self.policy.max_delay_s - self._clock()
-            if target is not None or remaining <= 0 or not self._waiting_pays(first):
+            if target is None and remaining > 0:
+                remaining = self._wait_deadline(first) - self._clock()
+            if target is not None or remaining <= 0:
                 return self._take(first.group, target or limit)
             # A timer that sets the event is much cheaper than wait_for's task and cancellation.
             self._wakeup.clear()

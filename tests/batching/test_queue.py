@@ -380,6 +380,54 @@ async def test_one_stall_does_not_make_a_busy_version_stop_waiting() -> None:
     assert recorder.batches[-1] == ["b0", "b1", "b2", "b3"]
 
 
+async def stream(queue: BatchQueue[str, str], clock: Clock, count: int, gap_s: float = 0.0003) -> None:
+    """One request every gap_s (by `clock`), each let into the queue before the next comes."""
+    submitted = []
+    for i in range(count):
+        clock.now += gap_s
+        submitted.append(asyncio.ensure_future(queue.submit(f"r{i}", 1)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+    clock.now += 1.0  # the last window ends (its timer, on the loop's clock, comes within 2 ms)
+    await asyncio.wait_for(asyncio.gather(*submitted), 5.0)
+
+
+def windowed(window: Window = Window.ADAPTIVE) -> BatchPolicy:
+    return policy(max_batch_rows=32, max_delay_s=0.002, preferred_rows=(8, 16, 32), window=window)
+
+
+async def test_a_stream_that_outpaces_the_rows_in_flight_forms_batches_as_large_as_the_fixed_windows() -> None:
+    # 64 closed-loop clients behind a saturated transport that hands the queue one request every
+    # 0.3 ms, to a model that answers at once: never more than a few are in flight at the batcher,
+    # so "everyone seen recently is here" holds at every arrival, while a 2 ms window would fill.
+    average: dict[Window, float] = {}
+    for window in Window:
+        recorder = Recorder()
+        clock = Clock()
+        await stream(BatchQueue("m", windowed(window), recorder, clock=clock), clock, 600)
+        steady = recorder.batches[len(recorder.batches) // 2 :]  # once the window has learnt
+        average[window] = sum(map(len, steady)) / len(steady)
+    assert average[Window.FIXED] == pytest.approx(8, abs=0.5)  # Triton's: a preferred size, or the window
+    assert average[Window.ADAPTIVE] >= 0.9 * average[Window.FIXED]
+
+
+async def test_after_a_stream_a_lone_client_waits_once_then_never() -> None:
+    recorder = Recorder()
+    clock = Clock()
+    queue: BatchQueue[str, str] = BatchQueue("m", windowed(), recorder, clock=clock)
+    await stream(queue, clock, 600)
+    first = asyncio.ensure_future(queue.submit("lone0", 1))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not first.done()  # the stream may go on: held while it would be due, up to the window
+    clock.now += 0.002
+    assert await asyncio.wait_for(first, 5.0) == "done:lone0"  # nobody came: "everyone is here" again
+    for i in range(1, 20):  # one closed-loop client
+        clock.now += 0.0008
+        assert await finishes_at_once(asyncio.ensure_future(queue.submit(f"lone{i}", 1))) == f"done:lone{i}"
+    assert recorder.batches[-19:] == [[f"lone{i}"] for i in range(1, 20)]
+
+
 def test_the_window_parameter() -> None:
     assert window_of({}, "model 'm'") is Window.ADAPTIVE
     assert window_of({"batch_window": " Fixed "}, "model 'm'") is Window.FIXED
