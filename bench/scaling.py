@@ -51,9 +51,23 @@ def cpu_s(pid: int) -> float:
 
 
 def requests_served(server: RunningServer) -> int:
+    return served_and_executions(server)[0]
+
+
+def served_and_executions(server: RunningServer) -> tuple[int, int]:
+    """inference_count and execution_count of MODEL (statistics extension)."""
     with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{MODEL}/stats", timeout=10) as response:
         entry = json.loads(response.read())["model_stats"][0]
-    return int(entry["inference_count"])
+    return int(entry["inference_count"]), int(entry["execution_count"])
+
+
+def context_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of `pid` (/proc/<pid>/status): a voluntary
+    one is a sleep in epoll or a lock, i.e. one wake-up; an involuntary one is a preemption."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    return int(fields["voluntary_ctxt_switches"]), int(fields["nonvoluntary_ctxt_switches"])
 
 
 @dataclass
@@ -68,6 +82,9 @@ class Row:
     frontend_us: float
     parent_us: float
     total_us: float
+    rows_per_execution: float
+    engine_wakeups: float | None  # voluntary context switches of the engine (front end with --workers 1) per request
+    engine_preemptions: float | None  # involuntary ones
 
 
 def measure(
@@ -87,10 +104,17 @@ def measure(
         binary, MODEL, url, GRPC if transport == "grpc" else HTTP_BINARY, concurrency, window_ms, 100, 3, report
     )
     env = {**os.environ, "TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT": "1"}
+    core = engine[0] if workers > 1 else server.process.pid  # the process whose event loop runs the batches
     before = {role: sum(cpu_s(p) for p in ps) for role, ps in pids.items()}
-    served_before = requests_served(server)
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
-    served = requests_served(server) - served_before
+    switches_before = context_switches(core)
+    served_before, executions_before = served_and_executions(server)
+    for _attempt in range(3):  # on a busy machine perf_analyzer may find no stable window: try again
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+        if completed.returncode == 0 and report.exists():
+            break
+    served_after, executions_after = served_and_executions(server)
+    served = served_after - served_before
+    switches_after = context_switches(core)
     after = {role: sum(cpu_s(p) for p in ps) for role, ps in pids.items()}
     if completed.returncode != 0 or not report.exists():
         raise RuntimeError(f"perf_analyzer failed: {(completed.stdout + completed.stderr)[-800:]}")
@@ -99,6 +123,9 @@ def measure(
     measured = Row(
         workers, transport, concurrency, row["Inferences/Second"], row["p50 latency"], row["p99 latency"],
         per["engine"] if workers > 1 else None, per["frontend"], per["parent"], sum(per.values()),
+        served / max(1, executions_after - executions_before),
+        (switches_after[0] - switches_before[0]) / max(1, served),
+        (switches_after[1] - switches_before[1]) / max(1, served),
     )  # fmt: skip
     print(
         f"  workers {workers}, {transport}, c{concurrency}: {measured.infer_per_s:,.0f} infer/s; CPU/request: "
@@ -128,16 +155,19 @@ def markdown(rows: list[Row], command: str, window_ms: int) -> str:
         f"({window_ms} ms windows, binary tensors, TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT=1) on the same cores "
         "as the server. CPU per request: each process's utime + stime (/proc/<pid>/stat) over the run divided by "
         "the requests the statistics extension counted over it. With --workers 1 the one process is in "
-        "`front ends`.",
+        "`front ends`. Rows/exec: requests per model execution (statistics extension). Wake-ups and "
+        "preemptions: voluntary and involuntary context switches (/proc/<pid>/status) per request of the "
+        "process that runs the batches (the engine; with --workers 1 the one process).",
         "",
         "| workers | protocol | concurrency | infer/s | p50 us | p99 us | engine CPU us/req | front ends CPU us/req "
-        "| supervisor us/req | total CPU us/req |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| supervisor us/req | total CPU us/req | rows/exec | wake-ups/req | preemptions/req |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r.workers} | {r.transport} | {r.concurrency} | {r.infer_per_s:,.0f} | {r.p50_us:,.0f} | "
-            f"{r.p99_us:,.0f} | {fmt(r.engine_us)} | {r.frontend_us:,.0f} | {r.parent_us:,.1f} | {r.total_us:,.0f} |"
+            f"{r.p99_us:,.0f} | {fmt(r.engine_us)} | {r.frontend_us:,.0f} | {r.parent_us:,.1f} | {r.total_us:,.0f} | "
+            f"{r.rows_per_execution:.1f} | {r.engine_wakeups:.2f} | {r.engine_preemptions:.2f} |"
         )
     lines += [
         "",
