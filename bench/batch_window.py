@@ -1,7 +1,7 @@
 """The adaptive batching window against Triton's fixed one and against no batching, in one run.
 
     python bench/batch_window.py [--repeats 2] [--concurrency 1,8,32,64] [--transports grpc,http-binary]
-                                 [--out bench/RESULTS.md]
+                                 [--stability-percentage 25] [--out bench/RESULTS.md]
 
 One server, three copies of one model that differ only in how they batch:
 
@@ -11,9 +11,14 @@ One server, three copies of one model that differ only in how they batch:
 - `nobatch`: no `dynamic_batching` block.
 
 The model is the issue's MLP, 256 -> 1024 -> 1024 -> 10 (runtime.examples.build_wide_mlp(256, 1024, 2, 10)),
-`--model example` the example mlp (16 -> 32 -> 4) instead. Each concurrency level measures the three models
-one after another (perf_analyzer, batch-1 requests), and the whole sweep runs `--repeats` times, so the
-spread between repeats shows the machine's run-to-run noise. The average batch comes from the statistics
+`--model example` the example mlp (16 -> 32 -> 4) instead. Each concurrency level measures, one right after
+the other (perf_analyzer, batch-1 requests), the two models its target compares (c1: adaptive and nobatch;
+c8 and up: adaptive and fixed; the order flips every repeat) and, in the first repeat only, the third one
+for the table. The whole sweep runs `--repeats` times: a target is the median of the per-repeat
+differences or ratios of its pair, which cancels most of this VM's drift, and the spread between repeats
+shows the noise that remains. At c1 the server's own time per request outside the model's execution
+(the statistics extension: success minus compute_infer ns) is reported too, which the client's
+noise does not reach. The average batch comes from the statistics
 extension around each point. The section between `<!-- batch_window.py:begin -->` and `:end -->` in
 `--out` is replaced with the command, the machine, the targets of issue 15 and the table.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shlex
 import statistics
 import sys
@@ -38,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 from lib.machine import busy_warning, load_average, machine_lines
 from lib.perf_analyzer import GRPC, HTTP_BINARY, HTTP_JSON, Transport, install_perf_analyzer
 from lib.report import fmt, ratio, verdict, write_section
-from lib.scrape import average_batch, read_counters
+from lib.scrape import average_batch, fetch, read_counters
 from lib.servers import wait_ready
 from run import Plan, Point, measure
-from tests.serving import start_server
+from tests.serving import RunningServer, start_server
 
 from runtime.examples import build_mlp, build_wide_mlp, save_model
 
@@ -116,6 +122,27 @@ def paired_ratios(points: dict[tuple[str, str, int], list[Point]], transport: st
     return [r for r in found if r is not None]
 
 
+def variants_at(level: int, repeat: int) -> tuple[str, ...]:
+    """What one repeat measures at a level: its target's pair, the order flipped every other repeat,
+    then (first repeat only) the third variant, which only the table shows."""
+    pair = ("nobatch", "adaptive") if level == 1 else ("fixed", "adaptive")
+    third = "fixed" if level == 1 else "nobatch"
+    return (pair if repeat % 2 == 0 else pair[::-1]) + ((third,) if repeat == 0 else ())
+
+
+def outside_execution(server: RunningServer, model: str) -> tuple[float, float] | None:
+    """(successful requests, ns spent in the server outside execution) so far, from the statistics
+    extension: per request, the window's own cost plus validation, queueing, batching and the split."""
+    try:
+        stats = json.loads(fetch(f"http://{server.http_url}/v2/models/{model}/stats"))["model_stats"][0]
+        inference = stats["inference_stats"]
+        return float(inference["success"]["count"]), float(inference["success"]["ns"]) - float(
+            inference["compute_infer"]["ns"]
+        )
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 async def engine_latencies(repo: Path, requests: int, rounds: int) -> dict[str, list[float]]:
     """Median us per lone engine.infer for each variant, `rounds` times (variants interleaved): the
     core's cost of a request at concurrency 1 (validation, queue, execution, split), without a
@@ -153,13 +180,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transports", default="grpc,http-binary")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--window-ms", type=int, default=1000, help="perf_analyzer --measurement-interval")
+    parser.add_argument(
+        "--stability-percentage", type=int, default=25,
+        help="perf_analyzer's rule (25); 100 takes the first 3 windows, for more, shorter repeats",
+    )
     parser.add_argument("--inprocess-requests", type=int, default=2000, help="lone engine.infer calls per round (2000)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "bench/batch_window.py", *(sys.argv[1:] if argv is None else argv)])
     concurrency = [int(c) for c in args.concurrency.split(",")]
     transports: list[Transport] = [TRANSPORTS[label] for label in args.transports.split(",")]
-    plan = Plan(tuple(concurrency), args.window_ms, 5, 25, 0.0, (), ())
+    plan = Plan(tuple(concurrency), args.window_ms, 5, args.stability_percentage, 0.0, (), ())
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
     load_before = load_average()
@@ -167,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="batch-window-bench-"))
     write_repository(work / "repo", args.model, args.delay_us)
     points: dict[tuple[str, str, int], list[Point]] = {}
+    server_us: dict[int, float] = {}  # id(point) -> server us per request outside execution (c1)
     log: list[str] = []
     server = start_server(work / "repo", work / "server", ["--intra-op-threads", "1", "--log-level", "warning"])
     try:
@@ -179,12 +211,15 @@ def main(argv: list[str] | None = None) -> None:
             for transport in transports:
                 url = server.grpc_url if transport.protocol == "grpc" else server.http_url
                 for level in concurrency:
-                    # adaptive in the middle, next to both baselines; the order flips each repeat.
-                    for variant in ("fixed", "adaptive", "nobatch")[:: 1 if repeat % 2 == 0 else -1]:
+                    for variant in variants_at(level, repeat):
                         point = Point("server", variant, transport, level)
                         before = read_counters(server, variant)
+                        outside = outside_execution(server, variant)
                         measure(binary, point, url, plan, work, log)
                         point.avg_batch = average_batch(before, read_counters(server, variant))
+                        after = outside_execution(server, variant)
+                        if outside and after and after[0] > outside[0]:
+                            server_us[id(point)] = (after[1] - outside[1]) / (after[0] - outside[0]) / 1e3
                         points.setdefault((transport.label, variant, level), []).append(point)
                         print(
                             f"[{time.monotonic() - clock:6.0f} s] repeat {repeat + 1} {transport.label} c{level} "
@@ -204,9 +239,11 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `{command}` ({datetime.now(timezone.utc) - started} on {started:%Y-%m-%d %H:%M} UTC). "
         f"Model: {SHAPES[args.model].label}, max_batch_size 32, preferred [8, 16, 32], window {args.delay_us} us; "
         f"perf_analyzer windows of {args.window_ms} ms, batch-1 requests; {args.repeats} repeats of the sweep, "
-        "the three models measured one after another at each level (fixed, adaptive, nobatch, reversed every other repeat). Figures: median over repeats, ± half the "
-        "range across repeats as % of the median (the run-to-run noise of this shared machine); the adaptive / fixed "
-        "targets are the median of the per-repeat ratios of the two measured back to back.",
+        f"perf_analyzer stable within ±{args.stability_percentage}%; at each level the target's two models back to back "
+        "(c1: adaptive, nobatch; c8 and up: fixed, adaptive; the order flipped every repeat), the third in the first "
+        "repeat only. Figures: median over repeats, ± half the range across repeats as % of the median (the "
+        "run-to-run noise of this shared machine); each target is the median of the per-repeat differences or "
+        "ratios of its pair.",
         "",
         *machine_lines(binary, 1),
         f"- Load average before / after: {load_before} / {load_average()}",
@@ -231,6 +268,18 @@ def main(argv: list[str] | None = None) -> None:
                 f"{fmt(gap)} us (per repeat: {', '.join(fmt(g) for g in gaps)}; medians {fmt(on)} vs {fmt(off)}; "
                 f"fixed window: {fmt(fixed)} us) | {verdict(None if gap is None else gap <= TARGET_C1_US)} |"
             )
+            inside = [
+                server_us[id(a)] - server_us[id(n)]
+                for a, n in zip(points.get((transport, "adaptive", 1), []), points.get((transport, "nobatch", 1), []))
+                if id(a) in server_us and id(n) in server_us
+            ]
+            if inside:
+                lines.append(
+                    f"| 1 | c1 server time per request outside execution (statistics: success - compute_infer), "
+                    f"batching on - off <= {TARGET_C1_US:.0f} us | {transport} | {fmt(median(inside), 1)} us "
+                    f"(per repeat: {', '.join(fmt(g, 1) for g in inside)}) | "
+                    f"{verdict((median(inside) or 0) <= TARGET_C1_US)} |"
+                )
         for level in (c for c in concurrency if c >= 8):
             for number, attr, what, target in (
                 (2, "throughput", "throughput", TARGET_THROUGHPUT),

@@ -1,6 +1,6 @@
 """The serving benchmark: model-runtime vs. in-process ONNX Runtime vs. a naive server, in one run.
 
-    python bench/run.py [--quick] [--out bench/RESULTS.md] [--keep DIR]
+    python bench/run.py [--quick] [--models mlp,wide] [--out bench/RESULTS.md] [--keep DIR]
 
 What one run does (`make bench` runs it with the defaults):
 
@@ -28,7 +28,9 @@ small host; the report records the core count and the load average before and af
 
 A full run (64 perf_analyzer points of 1.5 s windows) takes about 9 minutes on 2 cores (~17 if
 no point settled at ±25% and every one needed the retry); `--quick` (concurrency 1 and 32, 0.5 s
-windows, 22 points, HTTP-JSON for the example mlp only) about 1.5.
+windows, 22 points, HTTP-JSON for the example mlp only) about 1.5. `--models wide` measures only the
+wide model (its targets, 3a and 3b: batching on / off and the tail), `--models mlp` only the example.
+The adaptive batching window's own comparison (adaptive vs fixed vs no batching) is bench/batch_window.py.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,18 @@ class Plan:
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    plan = _make_plan(args)
+    if args.models is None:
+        return plan
+    kept = set(args.models)
+    return replace(
+        plan,
+        server_runs=tuple(run for run in plan.server_runs if run[0].removesuffix("_nobatch") in kept),
+        naive_runs=tuple(run for run in plan.naive_runs if run[0] in kept),
+    )
+
+
+def _make_plan(args: argparse.Namespace) -> Plan:
     every = (GRPC, HTTP_BINARY, HTTP_JSON)
     if args.quick:
         return Plan(
@@ -478,6 +492,14 @@ def parse_concurrency(text: str) -> list[int]:
     return values
 
 
+def parse_models(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(values) - {"mlp", "wide"})
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"models are mlp and wide, got {text!r}")
+    return values
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -490,6 +512,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", type=Path, help="keep the repository, CSVs and logs in this folder")
     parser.add_argument("--concurrency", type=parse_concurrency, help="comma list (1,8,32,64; quick: 1,32)")
+    parser.add_argument(
+        "--models", type=parse_models, help="comma list of the models to measure: mlp, wide (both)"
+    )
     parser.add_argument(
         "--window-ms", type=int, help="perf_analyzer --measurement-interval (1500; quick: 500)"
     )
@@ -526,6 +551,8 @@ def main(argv: list[str] | None = None) -> None:
         progress("naive server points")
         run_naive_points(binary, files, specs, work, plan, args.intra_op_threads, results, log)
         for base, path in files.items():
+            if args.models is not None and base not in args.models:
+                continue
             sizes = formed_batches(results, base, specs[base].max_batch_size)
             progress(f"in-process {base} at batch {sizes}")
             results.inprocess[base] = measure_inprocess(
