@@ -66,13 +66,16 @@ def test_the_image_installs_extras_pyproject_defines() -> None:
 
 
 def test_cuda_comes_from_onnxruntime_gpus_own_extras_at_one_pinned_version() -> None:
-    (gpu,) = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["gpu"]]
-    assert gpu.name == "onnxruntime-gpu"
+    requirements = {Requirement(r).name: Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["gpu"]}
+    assert set(requirements) == {"onnxruntime-gpu", "cuda-bindings"}
+    gpu = requirements["onnxruntime-gpu"]
     assert gpu.extras == {"cuda", "cudnn"}
     (pin,) = gpu.specifier
     assert pin.operator == "==", f"pin onnxruntime-gpu in the gpu extra: it decides the image's CUDA ({gpu})"
     base = [Requirement(r) for r in PYPROJECT["project"]["dependencies"] if r.startswith("onnxruntime-gpu")]
     assert base and all(Version(pin.version) in r.specifier for r in base)  # the pin satisfies the base range
+    # CUDA shared memory's bindings: the CUDA major onnxruntime-gpu 1.31.1 was built for (13), no later one.
+    assert Version("13.5") in requirements["cuda-bindings"].specifier and Version("14.0") not in requirements["cuda-bindings"].specifier
     named = " ".join(c.original for c in COMMANDS)
     assert "nvidia-cuda" not in named and "nvidia-cudnn" not in named, "no second source of CUDA versions"
 
