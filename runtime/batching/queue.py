@@ -435,8 +435,7 @@ class BatchQueue(Generic[P, R]):
             return now
         if not self._stream and (self._until_probe > 0 or self._last_gap_s > 2 * gap):
             # (a request after a pause is not the stream the average describes)
-            if not self._holding:
-                self._until_probe -= 1  # (only approximately per batch: asked again per decision)
+            self._until_probe -= 1  # per decision: about one or two per batch
             return now
         dry = self._last_arrival + DRY_GAPS * gap
         if dry <= now:
