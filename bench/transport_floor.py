@@ -2,7 +2,7 @@
 
     python bench/transport_floor.py [--model mlp_nobatch] [--concurrency 1,32] [--window-ms 2000]
                                     [--protocols grpc,http] [--rounds N] [--compare LABEL=DIR]
-                                    [--out bench/RESULTS.md]
+                                    [--out bench/RESULTS.md [--section TITLE]]
 
 1. Starts the real server on the example models and records, through pass-through proxies, its
    answers to every call perf_analyzer makes for `--model` over gRPC and over HTTP (metadata,
@@ -31,6 +31,8 @@ import asyncio
 import importlib.util
 import json
 import os
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -390,6 +392,20 @@ def markdown(rows: list[Row], model: str, command: str, rounds: int = 1) -> str:
             f"{row.p99_us:,.0f} | {row.cpu_us_per_request:,.0f} | {row.system_us_per_request:,.0f} | "
             f"{100 * row.cpu_share:.0f}% | {versus} |"
         )
+    if rounds > 1:
+        lines += ["", f"Medians over the {rounds} rounds (each ratio taken within its round first):", "",
+                  "| server | protocol | concurrency | server CPU us/request | kernel | vs floor |",
+                  "|---|---|---:|---:|---:|---:|"]
+        keys = list(dict.fromkeys((r.server, r.protocol, r.concurrency) for r in rows))
+        for server, protocol, concurrency in keys:
+            mine = [r for r in rows if (r.server, r.protocol, r.concurrency) == (server, protocol, concurrency)]
+            ratios = [r.cpu_us_per_request / floors[(r.round, protocol, concurrency)] for r in mine
+                      if floors.get((r.round, protocol, concurrency))]
+            lines.append(
+                f"| {server} | {protocol} | {concurrency} | {statistics.median(r.cpu_us_per_request for r in mine):,.0f} | "
+                f"{statistics.median(r.system_us_per_request for r in mine):,.0f} | "
+                + (f"{statistics.median(ratios):.2f}x |" if ratios else "- |")
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -408,6 +424,9 @@ def main() -> None:
                              "e.g. a git worktree of an older commit with runtime/_pb and the .so files copied in")
     parser.add_argument("--window-ms", type=int, default=2000)
     parser.add_argument("--out", type=Path, help="write the table into this RESULTS.md (between its markers)")
+    parser.add_argument("--section", metavar="TITLE",
+                        help="with --out: write a section of its own under this title (its markers derived from it) "
+                             "instead of the main transport-floor section, e.g. for an A/B run")
     args = parser.parse_args()
     from lib.perf_analyzer import install_perf_analyzer
     from lib.report import write_section
@@ -476,10 +495,14 @@ def main() -> None:
                 server.stop()
             for process in processes:
                 process.kill()
-    command = "python bench/transport_floor.py" + "".join(f" {a}" for a in sys.argv[1:])
+    command = shlex.join(["python", "bench/transport_floor.py", *sys.argv[1:]])
     section = markdown(rows, args.model, command, args.rounds)
     print(section)
-    if args.out:
+    if args.out and args.section:
+        slug = "".join(c if c.isalnum() else "-" for c in args.section.lower()).strip("-")
+        write_section(args.out, section, f"<!-- transport_floor.py:{slug}:begin -->",
+                      f"<!-- transport_floor.py:{slug}:end -->", args.section)
+    elif args.out:
         write_section(args.out, section, BEGIN_MARKER, END_MARKER, HEADING)
 
 
