@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 
 from runtime.examples import save_model
 from runtime.examples.graph import initializer, model, tensor
-from tests.models import FAILING_INSTANCE_GROUP, build_failing
+from tests.models import FAILING_INSTANCE_GROUP, FIXED_WINDOW, build_failing
 
 FEATURES = 4
 CLASSES = 3
@@ -78,11 +78,12 @@ name: "cls"
 max_batch_size: 8
 dynamic_batching { max_queue_delay_microseconds: 500 }
 """
+# Triton's fixed window: the tests hold a lone request in it (the adaptive window would run it at once).
 DOUBLE_CONFIG = """\
 name: "double"
 max_batch_size: 2
 dynamic_batching { max_queue_delay_microseconds: 2000000 }
-"""
+""" + FIXED_WINDOW
 PIPELINE_CONFIG = """\
 name: "pipeline"
 platform: "ensemble"
