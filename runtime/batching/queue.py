@@ -8,8 +8,8 @@ numpy or transports: it hands payloads to an injected `run_batch`.
 The window (Window.ADAPTIVE, the default) also closes early when waiting cannot pay:
 - everyone recently seen is already here: the rows in flight (queued plus running) reach the
   most that were in flight at once over the last PEAK_MEMORY_S to 2 x PEAK_MEMORY_S. A lone
-  closed-loop client therefore never waits, and N closed-loop clients wait only until all N are
-  back (never longer than max_delay). Like Clipper's adaptive batching this learns from what the
+  closed-loop client therefore does not wait, and N closed-loop clients wait only until all N are
+  back (never longer than max_delay), but for the rule's rare tests (below). Like Clipper's adaptive batching this learns from what the
   traffic did, but it adapts the wait rather than the batch size: the size cap stays Triton's.
   The rule is a guess that can be wrong: the rows in flight are the clients at the batcher, not
   those still in the transport (undecoded, or waiting for the event loop), nor open-loop ones.
