@@ -28,6 +28,11 @@ from runtime.spec import QueuePolicy, VersionSpec, public_inputs, public_outputs
 from runtime.types import Array, TensorSpec
 from runtime.validate import RequestSchema, Validated
 
+# How often an execution's thread CPU time is read for the inline-execution decision (--inline-execution-us):
+# each of the first MEASURED_FIRST executions, then one in MEASURE_EVERY.
+MEASURED_FIRST = 32
+MEASURE_EVERY = 8
+
 Outputs = dict[str, Array]
 
 
@@ -168,6 +173,10 @@ class ServedModel:
         self._inline_limit_ns = 0.0 if on_gpu else inline_execution_us * 1e3
         self._execution_ns: float | None = None  # moving average of backend.run's CPU time
         self._first_execution = True
+        # Executions until the next one is timed: after the first few, one in MEASURE_EVERY (a thread CPU
+        # clock read is a system call, twice per execution, and the average needs no more than a sample).
+        self._until_measured = 0
+        self._measured = 0
         # The queue reaches this model through a weak reference: no cycle between them, so a retired
         # (or never served) version is freed by reference counting the moment the registry lets it
         # go, not whenever the cyclic garbage collector runs. In-flight batches hold it strongly.
@@ -296,7 +305,7 @@ class ServedModel:
         ]
 
         def run() -> list[Outputs]:
-            measuring = self._inline_limit_ns > 0  # as in _execute: CPU time of this thread
+            measuring = self._measuring()  # as in _execute: CPU time of this thread
             started = time.thread_time_ns() if measuring else 0
             results = backend.run_bound(instance, requests, self.output_names, self.placement)
             if measuring:
@@ -320,7 +329,7 @@ class ServedModel:
         # Measured only where it can move execution onto the loop. CPU time of this thread, not
         # wall time: on the instance thread, wall time would include waiting for the GIL after ORT
         # releases it, which is no cost of the model's.
-        measuring = self._inline_limit_ns > 0
+        measuring = self._measuring()
         started = time.thread_time_ns() if measuring else 0
         try:
             outputs = self.backend.run(instance, batch, self.output_names)
@@ -335,6 +344,18 @@ class ServedModel:
                 for name, array in outputs.items()
             }
         return outputs
+
+    def _measuring(self) -> bool:
+        """Whether to time this execution: every one of the first MEASURED_FIRST, then one in MEASURE_EVERY."""
+        if self._inline_limit_ns <= 0:
+            return False
+        if self._until_measured:
+            self._until_measured -= 1
+            return False
+        self._measured += 1
+        if self._measured > MEASURED_FIRST:
+            self._until_measured = MEASURE_EVERY - 1
+        return True
 
     def _note_execution(self, cpu_ns: int) -> None:
         if self._first_execution:  # the warm-up: one-time initialisation, not the model's cost

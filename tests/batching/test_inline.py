@@ -76,3 +76,29 @@ async def test_inline_execution_off_keeps_every_model_on_its_thread(repo: Path, 
     await infer_many(opened.engine, "tiny", 40, 4)
     assert not opened.registry.get("tiny", "").runs_inline
     assert tiny and threading.current_thread().name not in tiny
+
+
+async def test_the_thread_clock_is_read_for_a_sample_of_executions_only(
+    repo: Path, open_engine: OpenEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clock reads (system calls) per timed execution: every one of the first MEASURED_FIRST, then
+    one in MEASURE_EVERY, enough for the moving average that decides inline execution."""
+    import time
+
+    from runtime import model
+
+    reads = 0
+    clock = time.thread_time_ns
+
+    def counting() -> int:
+        nonlocal reads
+        reads += 1
+        return clock()
+
+    monkeypatch.setattr(model.time, "thread_time_ns", counting)
+    opened = await open_engine(repo, inline_execution_us=100, **SETTINGS)
+    executions = model.MEASURED_FIRST + 10 * model.MEASURE_EVERY
+    for i in range(executions):  # one at a time: one execution each
+        await infer_many(opened.engine, "tiny", 1, 4)
+    assert reads == 2 * (model.MEASURED_FIRST + 10)
+    assert opened.registry.get("tiny", "").runs_inline
