@@ -373,21 +373,24 @@ async def connect(settings: Settings, engine_address: str, index: int) -> Connec
         if welcome.get("id") != 0 or "generation_offset" not in (welcome.get("result") or {}):
             await channel.close()
             raise Unavailable(f"the engine process answered the hello with {welcome!r}")
+        from runtime.app import log_control_for
+
+        local_logs = log_control_for(settings)
+        catalogue = Catalogue(responses.view(int(welcome["result"]["generation_offset"]), 8).cast("q"))
+        # The first catalogue follows the welcome: serve nothing before it is here.
+        try:
+            while not any(notice.get("op") == "catalogue" for notice in notices):
+                for notice in notices:
+                    apply_notice(local_logs, catalogue, notice)
+                notices = await channel.receive_many()
+        except ChannelClosed:
+            raise Unavailable("the engine process closed the channel before its catalogue came") from None
+        for notice in notices:
+            apply_notice(local_logs, catalogue, notice)
     except BaseException:
         requests.close()
         responses.close()
         raise
-    from runtime.app import log_control_for
-
-    local_logs = log_control_for(settings)
-    catalogue = Catalogue(responses.view(int(welcome["result"]["generation_offset"]), 8).cast("q"))
-    # The first catalogue follows the welcome: serve nothing before it is here.
-    while not any(notice.get("op") == "catalogue" for notice in notices):
-        for notice in notices:
-            apply_notice(local_logs, catalogue, notice)
-        notices = await channel.receive_many()
-    for notice in notices:
-        apply_notice(local_logs, catalogue, notice)
     caller = Caller(channel, on_message=lambda message: apply_notice(local_logs, catalogue, message))
     logs = RemoteLogSettings(caller, local_logs)
     return Connection(
