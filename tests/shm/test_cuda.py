@@ -27,6 +27,7 @@ from runtime.examples.configs import MLP_CONFIG, SIMPLE_CONFIG
 from runtime.shm import RegionTable
 from runtime.types import InferRequest, RequestedOutput, SharedInput, SharedMemoryRef
 from tests.engine import OpenEngine
+from tests.shm import infer_mlp_from_regions
 from tests.models import build_identity
 from tests.shm.fake_cudart import FakeCudaRuntime, install
 
@@ -125,18 +126,7 @@ async def test_requests_from_several_cuda_regions_share_one_batch(
         cases.append((memory_out, want))
     served = opened.registry.get("mlp", "")
     executions = served.stats.execution_count
-    await asyncio.gather(
-        *(
-            engine.infer(
-                InferRequest(
-                    "mlp", "", {},
-                    requested_outputs=[RequestedOutput("PROBABILITIES", shared_memory=SharedMemoryRef(f"out{index}", 16))],
-                    shared_inputs={"INPUT": SharedInput("FP32", (1, 16), SharedMemoryRef(f"in{index}", 64))},
-                )
-            )
-            for index in range(6)
-        )
-    )  # fmt: skip
+    await infer_mlp_from_regions(engine, 6)
     assert served.stats.execution_count - executions < 6  # some requests shared a batch
     for memory_out, want in cases:
         np.testing.assert_allclose(memory_out.view(np.float32).reshape(1, 4), want, rtol=1e-6)

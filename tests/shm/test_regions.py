@@ -19,6 +19,7 @@ from runtime.examples.configs import MLP_CONFIG, SIMPLE_CONFIG
 from runtime.shm import RegionTable, stand_in
 from runtime.types import InferRequest, RequestedOutput, SharedInput, SharedMemoryRef
 from tests.engine import OpenEngine
+from tests.shm import infer_mlp_from_regions
 
 _names = itertools.count()
 
@@ -208,18 +209,7 @@ async def test_requests_from_different_regions_share_one_batch(
     expected = [(await engine.infer(InferRequest("mlp", "", {"INPUT": data}))).outputs["PROBABILITIES"] for data, _ in cases]
     served = opened.registry.get("mlp", "")
     executions = served.stats.execution_count
-    await asyncio.gather(
-        *(
-            engine.infer(
-                InferRequest(
-                    "mlp", "", {},
-                    requested_outputs=[RequestedOutput("PROBABILITIES", shared_memory=SharedMemoryRef(f"out{index}", 16))],
-                    shared_inputs={"INPUT": SharedInput("FP32", (1, 16), SharedMemoryRef(f"in{index}", 64))},
-                )
-            )
-            for index in range(8)
-        )
-    )
+    await infer_mlp_from_regions(engine, 8)
     assert served.stats.execution_count - executions < 8  # at least two requests shared a batch
     for (_, handle_out), want in zip(cases, expected):
         np.testing.assert_allclose(shm.get_contents_as_numpy(handle_out, np.float32, [1, 4]), want, rtol=1e-6)
