@@ -20,6 +20,9 @@ from runtime.repository.registry import ModelRegistry, decode_file_parameter
 from runtime.repository.store import MAX_VERSION, VERSION, check_model_name
 
 
+UNLOAD_DEPENDENTS = "unload_dependents"  # Triton's unload parameter (model_repository(unload_dependents))
+
+
 class Unauthenticated(RuntimeServingError):
     code = Code.UNAUTHENTICATED
 
@@ -76,7 +79,7 @@ class AdminApi(Protocol):
     def authenticate(self, credential: str | None) -> None: ...
     async def index(self, ready_only: bool) -> list[IndexRow]: ...
     async def load(self, name: str, parameters: dict[str, Any], binary_files: bool = False) -> list[int]: ...
-    async def unload(self, name: str) -> None: ...
+    async def unload(self, name: str, parameters: dict[str, Any] | None = None) -> None: ...
     async def rollback(self, name: str) -> list[int]: ...
     async def traffic(self, name: str, weights: Any) -> None: ...
     async def labels(self, name: str, labels: Any) -> None: ...
@@ -157,9 +160,21 @@ class Admin:
             raise InvalidInput(f"model {name!r}: file: parameters need a 'config' parameter too (as Triton's API requires)")
         return await self.registry.load(name, override, files or None)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        """Triton's unload; its one parameter, unload_dependents (a boolean), unloads an ensemble's composing
+        models too (ModelRegistry.unload)."""
         self._allow_changes()
-        await self.registry.unload(name)
+        check_model_name(name)
+        dependents = False
+        for key, value in (parameters or {}).items():
+            if key != UNLOAD_DEPENDENTS:
+                raise InvalidInput(f"model {name!r}: unknown unload parameter {quoted(key)} ({UNLOAD_DEPENDENTS})")
+            if not isinstance(value, bool):
+                raise InvalidInput(
+                    f"model {name!r}: unload parameter {UNLOAD_DEPENDENTS!r} must be true or false, got {kind_of(value)}"
+                )
+            dependents = value
+        await self.registry.unload(name, dependents=dependents)
 
     async def rollback(self, name: str) -> list[int]:
         self._allow_changes()

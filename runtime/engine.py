@@ -29,6 +29,7 @@ EXTENSIONS = [
     "model_configuration",
     "binary_tensor_data",
     "model_repository",
+    "model_repository(unload_dependents)",
     "classification",
     "statistics",
     "system_shared_memory",

@@ -252,7 +252,7 @@ class EngineHost:
             "engine.log_update": self._log_update,
             "admin.index": self._index,
             "admin.load": self._load,
-            "admin.unload": lambda m: admin.unload(m["name"]),
+            "admin.unload": lambda m: admin.unload(m["name"], m.get("parameters") or {}),
             "admin.rollback": lambda m: admin.rollback(m["name"]),
             "admin.traffic": lambda m: admin.traffic(m["name"], m.get("weights")),
             "admin.labels": lambda m: admin.labels(m["name"], m.get("labels")),

@@ -318,8 +318,8 @@ class RemoteAdmin:
         )
         return [int(v) for v in versions]
 
-    async def unload(self, name: str) -> None:
-        await _call(self.caller, "admin.unload", name=name)
+    async def unload(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        await _call(self.caller, "admin.unload", name=name, parameters=parameters or {})
 
     async def rollback(self, name: str) -> list[int]:
         return [int(v) for v in await _call(self.caller, "admin.rollback", name=name)]

@@ -378,11 +378,15 @@ class ModelRegistry:
             record.state = ModelState.UNAVAILABLE
             record.reason = "unloaded"
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, *, dependents: bool = False) -> None:
+        """Stop serving every version of `name`, then drain and free them. With `dependents` (Triton's
+        unload_dependents), an ensemble's composing models go too, through nested ensembles, except those
+        an ensemble that still serves needs."""
         check_model_name(name)
         entry = self._entries.get(name)
         if entry is None or not entry.serving:
             raise ModelNotFound(f"model {name!r} is not loaded")
+        composing = self._ensemble_needs(name, entry.override) if dependents else None
         async with entry.lock:
             entry.history.append(entry.snapshot())
             for version, record in entry.serving.items():
@@ -393,6 +397,18 @@ class ModelRegistry:
             entry.refresh_default()
             self._changed()
         await self._retire(entry, {})
+        if composing:
+            await self._unload_composing(composing)
+
+    async def _unload_composing(self, models: set[str]) -> None:
+        needed: set[str] = set()  # by the ensembles that still serve
+        for other in self._entries.values():
+            if other.serving:
+                needed |= self._ensemble_needs(other.name, other.override) or set()
+        for model in sorted(models - needed):
+            entry = self._entries.get(model)
+            if entry is not None and entry.serving:
+                await self.unload(model, dependents=True)
 
     async def rollback(self, name: str) -> list[int]:
         """Serve again what the model served before its last load or unload."""

@@ -83,8 +83,13 @@ def http_routes(admin: AdminApi, settings: Settings) -> list[Route]:
 
     @answers_errors
     async def unload(request: Request) -> Response:
-        await authorized_body(request)
-        await admin.unload(request.path_params["model"])
+        doc = await authorized_body(request)
+        parameters = doc.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidInput(
+                f"model {quoted(request.path_params['model'])}: unload 'parameters' must be a JSON object, got {kind_of(parameters)}"
+            )
+        await admin.unload(request.path_params["model"], parameters)
         return Response(status_code=200)
 
     @answers_errors
@@ -182,7 +187,7 @@ class RepositoryService:
     async def RepositoryModelUnload(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         self.admin.authenticate(_credential(context))
         request = parse(pb.RepositoryModelUnloadRequest, raw)
-        await self.admin.unload(request.model_name)
+        await self.admin.unload(request.model_name, {key: _parameter(value) for key, value in request.parameters.items()})
         return pb.RepositoryModelUnloadResponse()
 
 
