@@ -70,26 +70,23 @@ def http_routes(admin: AdminApi, settings: Settings) -> list[Route]:
             raise InvalidInput(f"repository index: 'ready' must be true or false, got {kind_of(ready)}")
         return json_response([index_json(row) for row in await admin.index(ready)])
 
-    @answers_errors
-    async def load(request: Request) -> Response:
-        doc = await authorized_body(request)
-        parameters = doc.get("parameters", {})
+    async def parameters_of(request: Request, call: str) -> dict[str, Any]:
+        """The body's "parameters" object of a load or unload (Triton's), {} when absent."""
+        parameters = (await authorized_body(request)).get("parameters", {})
         if not isinstance(parameters, dict):
             raise InvalidInput(
-                f"model {quoted(request.path_params['model'])}: load 'parameters' must be a JSON object, got {kind_of(parameters)}"
+                f"model {quoted(request.path_params['model'])}: {call} 'parameters' must be a JSON object, got {kind_of(parameters)}"
             )
-        await admin.load(request.path_params["model"], parameters)
+        return parameters
+
+    @answers_errors
+    async def load(request: Request) -> Response:
+        await admin.load(request.path_params["model"], await parameters_of(request, "load"))
         return Response(status_code=200)
 
     @answers_errors
     async def unload(request: Request) -> Response:
-        doc = await authorized_body(request)
-        parameters = doc.get("parameters", {})
-        if not isinstance(parameters, dict):
-            raise InvalidInput(
-                f"model {quoted(request.path_params['model'])}: unload 'parameters' must be a JSON object, got {kind_of(parameters)}"
-            )
-        await admin.unload(request.path_params["model"], parameters)
+        await admin.unload(request.path_params["model"], await parameters_of(request, "unload"))
         return Response(status_code=200)
 
     @answers_errors
