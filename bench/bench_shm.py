@@ -7,7 +7,7 @@ tensor) over binary HTTP (the baseline), gRPC, and both with --shared-memory sys
 request: the server process's utime + stime (/proc/<pid>/stat) over the run divided by the requests its
 statistics extension counted over it (warm-up included on both sides). The shared-memory cases run twice:
 on the default path (inputs read as views of the mapping, outputs copied in after the run) and on a
-second server with RUNTIME_SHM_BIND_SYSTEM=1 (tensors by pointer through ONNX Runtime's IO binding,
+second server with --shm-io-binding true (tensors by pointer through ONNX Runtime's IO binding,
 outputs written by ORT straight into the client's region: runtime/backends/binding.py).
 
     python bench/bench_shm.py                # ~1.5 minutes; rewrites its section of bench/RESULTS.md
@@ -57,7 +57,7 @@ class Case:
     label: str
     protocol: str  # perf_analyzer -i
     shared_memory: bool
-    io_binding: bool = False  # system shm through IO binding (a server with RUNTIME_SHM_BIND_SYSTEM=1)
+    io_binding: bool = False  # system shm through IO binding (a server with --shm-io-binding true)
 
 
 CASES = (
@@ -167,7 +167,7 @@ def markdown(rows: list[Row], command: str, window_ms: int, load_before: str) ->
         f"[{BATCH}, 1000] answer; {window_ms} ms windows, random input data generated once. With "
         "`--shared-memory system` perf_analyzer writes inputs once into its regions and every request names "
         "them; the server reads them as views of its mapping and writes outputs into the client's region "
-        "(rows marked IO binding: a second server with RUNTIME_SHM_BIND_SYSTEM=1 binds the region's pointers "
+        "(rows marked IO binding: a second server with --shm-io-binding true binds the region's pointers "
         "in ONNX Runtime, which writes the output into the client's region itself). "
         "Server CPU per request: the server's utime + stime over the run / requests counted by the statistics "
         "extension. perf_analyzer runs on the same cores.",
@@ -201,8 +201,7 @@ def main() -> int:
         repository = write_repository(work / "repo")
         flags = ["--log-level", "warning", "--allow-client-shm", "true", "--intra-op-threads", "1"]
         for binding in (False, True):
-            env = {"RUNTIME_SHM_BIND_SYSTEM": "1" if binding else "0"}
-            server = start_server(repository, work / f"server-{binding}", flags, env=env)
+            server = start_server(repository, work / f"server-{binding}", [*flags, "--shm-io-binding", str(binding).lower()])
             try:
                 for case in CASES:
                     if case.io_binding == binding:

@@ -132,7 +132,7 @@ async def start_core(settings: Settings) -> Core:
     engine = Engine(
         registry,
         observer=reporting,
-        shared_memory=RegionTable(allowed=settings.allow_client_shm),
+        shared_memory=RegionTable(allowed=settings.allow_client_shm, bind_system=settings.shm_io_binding),
         response_cache=ResponseCache.configured(settings.cache_config),
     )
     return Core(registry, engine, Admin(registry, settings), observer, tracing)

@@ -79,6 +79,12 @@ class Settings:
         "any shared-memory object a client names that this process can open. Off: register is refused.",
         default=False,
     )
+    shm_io_binding: bool = _doc(
+        "Tensors in system shared memory go by pointer through ONNX Runtime's IO binding (outputs written "
+        "straight into the client's region) instead of as numpy views of the mapping. Measured slower on "
+        "CPU (bench/RESULTS.md), so off; CUDA regions always go by pointer.",
+        default=False,
+    )
     ports_file: Path | None = _doc(
         "Once serving, write the bound ports as JSON here ({\"http\": N, \"grpc\": N, \"metrics\": N}).",
         default=None,

@@ -277,14 +277,13 @@ Region = SystemRegion | CudaRegion
 # (ORT writes outputs straight into the client's region) instead of as views of the mapping (outputs
 # copied in after the run). Off: on the CPU it saves one output copy but costs more in Python per
 # request (the binding, placeholders, ORT's IOBinding calls) than the copy: bench/bench_shm.py's "IO
-# binding" rows in bench/RESULTS.md. RUNTIME_SHM_BIND_SYSTEM=1 turns it on, for measuring and tests.
-BIND_SYSTEM = os.environ.get("RUNTIME_SHM_BIND_SYSTEM", "") == "1"
+# binding" rows in bench/RESULTS.md. The setting --shm-io-binding turns it on (app.start_core).
 
 
 class RegionTable:
     """The registered regions by name (system and CUDA regions share one namespace, as in Triton)."""
 
-    def __init__(self, allowed: bool = False, bind_system: bool = BIND_SYSTEM) -> None:
+    def __init__(self, allowed: bool = False, bind_system: bool = False) -> None:
         self.allowed = allowed
         self.bind_system = bind_system
         self._regions: dict[str, Region] = {}
@@ -405,7 +404,7 @@ class Lease:
 
     __slots__ = ("model", "inputs", "outputs", "held", "classified", "wanted", "binding", "bind_system")
 
-    def __init__(self, model: str, bind_system: bool = BIND_SYSTEM) -> None:
+    def __init__(self, model: str, bind_system: bool = False) -> None:
         self.model = model
         self.bind_system = bind_system
         self.inputs: dict[str, tuple[Region, SharedInput]] = {}

@@ -158,17 +158,22 @@ def either(request: pytest.FixtureRequest, server: RunningServer) -> Client:
 # ---- shared memory (issue 14) ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session", params=[1, 3], ids=["workers1", "workers3"])
+@pytest.fixture(scope="session", params=[(1, False), (3, False), (1, True)], ids=["workers1", "workers3", "io_binding"])
 def shm_server(
     repository: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[RunningServer]:
     """The protocol repository served with --allow-client-shm true, in one process and with --workers 3
-    (the engine process maps the regions; the front ends forward register, status and unregister)."""
+    (the engine process maps the regions; the front ends forward register, status and unregister), and
+    with --shm-io-binding true (system-shm tensors by pointer through ONNX Runtime's IO binding)."""
+    workers, io_binding = request.param
     with running_server(
         repository,
         tmp_path_factory.mktemp("shm-server"),
-        extra_args=["--max-request-bytes", str(MAX_REQUEST_BYTES), "--allow-client-shm", "true"],
-        workers=request.param,
+        extra_args=[
+            "--max-request-bytes", str(MAX_REQUEST_BYTES), "--allow-client-shm", "true",
+            "--shm-io-binding", str(io_binding).lower(),
+        ],
+        workers=workers,
     ) as running:
         yield running
 

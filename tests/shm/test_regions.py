@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import tritonclient.utils.shared_memory as shm
 
+from runtime.app import start_core
+from runtime.config import Settings
 from runtime.errors import Code, InvalidInput, RuntimeServingError
 from runtime.examples import build_mlp, build_simple, save_model
 from runtime.examples.configs import MLP_CONFIG, SIMPLE_CONFIG
@@ -270,3 +272,14 @@ async def test_offsets_inside_one_region_and_mixed_tensors(
         assert not any(responses[i].outputs["PROBABILITIES"].strides)
     np.testing.assert_allclose(responses[3].outputs["PROBABILITIES"], expected[3], rtol=1e-5)
     await asyncio.wait_for(engine.system_shm_unregister(), 10)
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+async def test_the_shm_io_binding_setting_reaches_the_region_table(tmp_path: Path, io_binding: bool) -> None:
+    repo = tmp_path / "repo"
+    save_model(build_simple(), repo, "simple", config_pbtxt=SIMPLE_CONFIG)
+    core = await start_core(Settings(model_repository=repo, allow_metrics=False, shm_io_binding=io_binding))
+    try:
+        assert core.engine.shared_memory.bind_system is io_binding
+    finally:
+        await core.registry.close()
