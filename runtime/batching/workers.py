@@ -69,19 +69,26 @@ def _tell_stop(jobs: list[queue.SimpleQueue[Any]]) -> None:
 def _serve(jobs: queue.SimpleQueue[Any]) -> None:
     # A module function, not a method: the thread must not keep its InstanceWorkers alive.
     while (job := jobs.get()) is not _STOP:
-        _run_job(*job)
-        # Between jobs hold nothing: the last job's function and arguments (a bound method of the
-        # model, a batch of inputs) would keep a retired version and its sessions alive.
+        loop, future, settle, outcome = _run_job(job)
+        # This thread holds nothing of the job once the loop hears of it: the job's function and
+        # arguments (a bound method of the model, a batch of inputs, shared-memory mappings) are gone
+        # already, so what the awaiting request frees when it resumes is freed then, not whenever this
+        # thread gets the GIL back, and between jobs no retired version or its sessions stay alive.
         del job
+        loop.call_soon_threadsafe(settle, future, outcome)
+        del loop, future, settle, outcome
 
 
-def _run_job(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _run_job(job: tuple[Any, ...]) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., None], Any]:
+    """Run one job; (loop, future, how to settle it, result or error), with the job's function and
+    arguments no longer referenced from this frame."""
+    loop, future, function, args = job
+    del job
     try:
         result = function(*args)
     except BaseException as exc:  # delivered to the awaiting coroutine
-        loop.call_soon_threadsafe(_settle_error, future, exc)
-    else:
-        loop.call_soon_threadsafe(_settle, future, result)
+        return loop, future, _settle_error, exc
+    return loop, future, _settle, result
 
 
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
