@@ -5,7 +5,9 @@ Over one ordered stream (`--streaming`) no request may fail. Over separate calls
 perf_analyzer's default mode sends a sequence's next request without waiting for the one before,
 so they can arrive out of order; a request that arrives before its sequence's start or after its
 end is refused, as Triton refuses it, and perf_analyzer then exits 99. Those transports run with
-`--serial-sequences` (one request of a sequence outstanding at a time), which must complete (exit 0,
+`--serial-sequences --sync` (one request of a sequence outstanding at a time, from one thread per
+concurrent context: with the asynchronous client alone a clean-clone CI run still saw a request after
+its sequence's end), which must complete (exit 0,
 a CSV row with throughput); even then perf_analyzer ends its open sequences at the end of a run
 without waiting, so a late error line may show and is not asserted against. Each run takes its own --sequence-id-range, since perf_analyzer leaves sequences open
 when it stops and a start for a live id is refused (the issue's rule). Skips like
@@ -39,8 +41,8 @@ def server(perf_analyzer: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 TRANSPORTS = [
-    pytest.param("http", ["--serial-sequences"], False, id="http-serial"),
-    pytest.param("grpc", ["--serial-sequences"], False, id="grpc-serial"),
+    pytest.param("http", ["--serial-sequences", "--sync"], False, id="http-serial"),
+    pytest.param("grpc", ["--serial-sequences", "--sync"], False, id="grpc-serial"),
     pytest.param("grpc", ["--streaming"], True, id="grpc-streaming"),
 ]
 ID_RANGES = iter(range(1, 10**9, 10**6))  # one fresh range of sequence ids per run
