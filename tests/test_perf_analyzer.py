@@ -20,6 +20,11 @@ pytestmark = pytest.mark.slow
 
 PERF_ANALYZER = Path(__file__).resolve().parent.parent / "bench" / ".tools" / "perf_analyzer"
 RUN_TIMEOUT_S = 60.0
+# perf_analyzer 2.51 now and then never returns from a --request-count run whose requests the server
+# has all answered (seen on this 2-core box about once in 150 runs: the statistics extension counted
+# every request, no connection was left open, and it had printed nothing after "Request concurrency"),
+# so one hung run is tried again, with a shorter bound each time.
+HUNG_RUN_S = 30.0
 # A fixed request count ends each run as soon as that many requests are answered (about a second
 # here), where time windows would wait for a stability rule that a busy 2-core box may never meet.
 # Inferences/Second from a count-bounded run is not a throughput figure; bench/run.py measures those.
@@ -59,6 +64,14 @@ def server(perf_analyzer: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield running
 
 
+def run_perf_analyzer(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run perf_analyzer to its end; a run that hangs (see HUNG_RUN_S) is killed and run once more."""
+    try:
+        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=HUNG_RUN_S)
+    except subprocess.TimeoutExpired:
+        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
 def read_rows(report: Path) -> list[dict[str, str]]:
     with report.open(newline="") as handle:
         return list(csv.DictReader(handle))
@@ -84,7 +97,7 @@ def test_perf_analyzer_runs_to_completion(
         str(report),
         *flags,
     ]
-    completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    completed = run_perf_analyzer(command)
     output = (completed.stdout + completed.stderr)[-4000:]
     assert completed.returncode == 0, f"{' '.join(command)} exited {completed.returncode}:\n{output}"
     rows = read_rows(report)

@@ -4,7 +4,6 @@ it cannot run). perf_analyzer reads the ensemble's config and its composing mode
 statistics, so this also checks that those answers are what it expects."""
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from tests.ensemble.models import write_repository
 from tests.serving import RunningServer, running_server
-from tests.test_perf_analyzer import RUN_TIMEOUT_S, SHORT_RUN, read_rows
+from tests.test_perf_analyzer import run_perf_analyzer, SHORT_RUN, read_rows
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ def test_perf_analyzer_runs_on_the_ensemble(perf_analyzer: Path, server: Running
     url = server.grpc_url if protocol == "grpc" else server.http_url
     report = tmp_path / "report.csv"
     command = [str(perf_analyzer), "-m", "pipeline", "-u", url, "-i", protocol, "-b", "2", *SHORT_RUN, "-f", str(report)]
-    completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    completed = run_perf_analyzer(command)
     output = (completed.stdout + completed.stderr)[-4000:]
     assert completed.returncode == 0, f"{' '.join(command)} exited {completed.returncode}:\n{output}"
     rows = read_rows(report)

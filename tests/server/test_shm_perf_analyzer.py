@@ -16,7 +16,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.serving import RunningServer, running_server
-from tests.test_perf_analyzer import RUN_TIMEOUT_S, SHORT_RUN, read_rows
+from tests.test_perf_analyzer import run_perf_analyzer, SHORT_RUN, read_rows
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def server(perf_analyzer: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def run(perf_analyzer: Path, server: RunningServer, model: str, protocol: str, memory: str, report: Path) -> subprocess.CompletedProcess[str]:
     url = server.grpc_url if protocol == "grpc" else server.http_url
     command = [str(perf_analyzer), "-m", model, "-u", url, "-i", protocol, "--shared-memory", memory, *SHORT_RUN, "-f", str(report)]
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    return run_perf_analyzer(command)
 
 
 @pytest.mark.parametrize("model", ["simple", "mlp"])
