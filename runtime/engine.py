@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runtime import SERVER_NAME, __version__, cache, ensemble, statistics
-from runtime.errors import InvalidInput
+from runtime.errors import InvalidInput, RuntimeServingError
 from runtime.cache import ResponseCache
 from runtime.model import ModelState, ServedModel
 from runtime.monitoring.observer import SUCCESS, NullObserver, Observer, outcome_of
@@ -177,6 +177,18 @@ class Engine:
             raise
         self.observer.request_finished(request, served, SUCCESS, time.perf_counter() - started)
         return response
+
+    def count_refused(self, request: InferRequest, error: BaseException, seconds: float) -> None:
+        """A request refused before it reached this engine (a --workers N front end's schema check),
+        counted as infer counts one it refuses: routed first (a traffic split's turn is used), then
+        finished with the error's outcome."""
+        try:
+            served: ServedModel | None = self.registry.get(request.model_name, request.model_version)
+        except RuntimeServingError:
+            served = None
+        if served is not None:
+            self.observer.request_started(request, served)
+        self.observer.request_finished(request, served, outcome_of(error), seconds)
 
     async def _ensemble_step(self, request: InferRequest) -> InferResponse:
         """One step of an ensemble request. As in Triton, the ensemble's sequence parameters go to every

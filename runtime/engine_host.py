@@ -44,7 +44,6 @@ from runtime.errors import Code, InvalidInput, RuntimeServingError, Unavailable
 from runtime.ipc.channel import Channel, ChannelClosed, ChannelServer, Message
 from runtime.ipc.slab import Slab
 from runtime.ipc.tensors import read_tensors, write_tensors
-from runtime.monitoring.observer import outcome_of
 from runtime.repository.model_config import config_to_json
 from runtime.tracing import control_for
 from runtime.tracing.control import TraceSettingsApi
@@ -277,22 +276,14 @@ class EngineHost:
             session.reply({"op": "catalogue", "document": document})
 
     def count_refused(self, message: Message) -> None:
-        """A request a front end refused against its catalogue's schema, counted as Engine.infer counts
-        one it refuses: routed (a traffic split's turn is used, as here), then finished as invalid input."""
+        """A front end refused a request against its catalogue's schema: the engine counts it."""
         request = InferRequest(
             model_name=str(message.get("model", "")),
             model_version=str(message.get("version", "")),
             inputs={},
             protocol=str(message.get("protocol", "")),
         )
-        try:
-            served = self.engine.registry.get(request.model_name, request.model_version)
-        except RuntimeServingError:
-            served = None
-        observer = self.engine.observer
-        if served is not None:
-            observer.request_started(request, served)
-        observer.request_finished(request, served, outcome_of(InvalidInput("")), float(message.get("seconds", 0.0)))
+        self.engine.count_refused(request, InvalidInput("refused by the front end"), float(message.get("seconds", 0.0)))
 
     async def dispatch(self, message: Message) -> Any:
         op = message.get("op")
