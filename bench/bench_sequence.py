@@ -16,12 +16,10 @@ extension over the run), server CPU per request (/proc/<pid>/stat over the run).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,11 +108,14 @@ def write_repository(root: Path) -> Path:
     return root
 
 
-def counts(server: RunningServer, model: str) -> tuple[int, int]:
-    """(inference_count, execution_count) from the statistics extension."""
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{model}/stats", timeout=10) as response:
-        entry = json.loads(response.read())["model_stats"][0]
-    return int(entry["inference_count"]), int(entry["execution_count"])
+def counts(server: RunningServer, model: str) -> tuple[float, float]:
+    """(inference_count, execution_count) from the statistics extension (bench/lib/scrape.py)."""
+    from lib.scrape import read_counters
+
+    counters = read_counters(server, model)
+    if counters is None:
+        raise RuntimeError(f"the server reports no counters for {model!r}")
+    return counters
 
 
 @dataclass

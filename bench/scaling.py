@@ -18,13 +18,11 @@ the other C - 1 cores and scale linearly (they share nothing but the engine).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,15 +48,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * CLOCK_TICK_S
 
 
-def requests_served(server: RunningServer) -> int:
-    return served_and_executions(server)[0]
-
-
 def served_and_executions(server: RunningServer) -> tuple[int, int]:
-    """inference_count and execution_count of MODEL (statistics extension)."""
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{MODEL}/stats", timeout=10) as response:
-        entry = json.loads(response.read())["model_stats"][0]
-    return int(entry["inference_count"]), int(entry["execution_count"])
+    """inference_count and execution_count of MODEL (bench/lib/scrape.py: the statistics extension)."""
+    from lib.scrape import read_counters
+
+    counters = read_counters(server, MODEL)
+    if counters is None:
+        raise RuntimeError(f"the server reports no counters for {MODEL!r}")
+    return int(counters[0]), int(counters[1])
 
 
 def context_switches(pid: int) -> tuple[int, int]:
